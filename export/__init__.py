@@ -1,0 +1,1 @@
+"""export — torch → ONNX, ONNX → TensorRT engine, parity verification."""
