@@ -1,0 +1,192 @@
+"""Labeling: image + present classes → pseudo label map (SPEC §5), for every backend.
+
+The networks are reached through two numpy callables (the torch model before export, an ONNX
+Runtime session or a TensorRT engine after):
+
+* ``cam_forward(batch (B, 3, h, w) float32) -> (B, C, h8, w8)`` ReLU'd CAMs at stride 8;
+* ``aff_forward(batch (1, 3, Hp, Wp) float32) -> (1, D, Hp/8, Wp/8)`` affinity features.
+
+Everything between and after them — multi-scale CAMs, background power, padding, pooling, pair
+affinities, the random walk, upsampling, argmax, optional dense CRF — is numpy, here, once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from psa_infer.cam import multiscale_cam, normalize_image
+from psa_infer.ops import avg_pool, pad_to_multiple, resize_bilinear, scores_with_background
+from psa_infer.randomwalk import pair_affinity, random_walk
+
+STRIDE = 8
+
+
+@dataclass(frozen=True)
+class WalkParams:
+    """Random-walk settings (SPEC §5 defaults)."""
+
+    alpha: float = 16.0
+    beta: float = 8.0
+    steps: int = 256
+    radius: int = 5
+    pairs: str = "full"
+
+
+def walk_scores(
+    cams: np.ndarray, features: np.ndarray, params: WalkParams, walk=None
+) -> np.ndarray:
+    """Random-walk class scores at image resolution, (K+1, Hp, Wp) float32 (channel 0 = bg).
+
+    ``cams`` (K, H, W) normalised CAMs of the present classes; ``features`` (D, Hp/8, Wp/8).
+    ``walk(scores, features)`` replaces the numpy walk (e.g. the exported rw.onnx) when given.
+    """
+    k, h, w = cams.shape
+    # Background at the original size, then zero padding in every channel (SPEC §5 step 2).
+    scores = scores_with_background(cams, params.alpha)
+    scores = pad_to_multiple(scores, STRIDE, 0.0)
+    hp, wp = scores.shape[1:]
+    if features.shape[1:] != (hp // STRIDE, wp // STRIDE):
+        raise ValueError(
+            f"affinity features: expected (D, {hp // STRIDE}, {wp // STRIDE}) for a "
+            f"{h}x{w} image, got {features.shape}"
+        )
+    v = avg_pool(scores, STRIDE)
+    if walk is not None:
+        rw = walk(v, features)
+    else:
+        aff = pair_affinity(features, radius=params.radius, pairs=params.pairs)
+        rw = random_walk(v, aff, beta=params.beta, steps=params.steps, radius=params.radius)
+    return resize_bilinear(rw, (hp, wp))
+
+
+def scores_to_label(scores: np.ndarray, keys: Sequence[int], size: tuple[int, int]) -> np.ndarray:
+    """Argmax over [bg; present classes], cropped to ``size`` → (H, W) uint8 class ids."""
+    lut = np.concatenate([[0], np.asarray(keys, np.int64)]).astype(np.uint8)
+    h, w = size
+    return lut[scores[:, :h, :w].argmax(axis=0)]
+
+
+def crf_refine(img: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """Dense-CRF the walked scores (normalised per pixel to a distribution): (K+1, H, W)."""
+    from psa_infer.crf import crf_inference
+
+    h, w = img.shape[:2]
+    s = np.maximum(scores[:, :h, :w], 0)
+    p = s / np.maximum(s.sum(axis=0, keepdims=True), 1e-5)
+    return crf_inference(img, p.astype(np.float32))
+
+
+@dataclass
+class Labeler:
+    """Turns images into pseudo labels with the given network callables."""
+
+    cam_forward: Callable[[np.ndarray], np.ndarray]
+    aff_forward: Callable[[np.ndarray], np.ndarray]
+    mean: Sequence[float]
+    std: Sequence[float]
+    scales: Sequence[float] = (1.0, 0.5, 1.5, 2.0)
+    flip: bool = True
+    walk_params: WalkParams = WalkParams()
+    classify: Callable[[np.ndarray], np.ndarray] | None = None  # (B,3,h,w) -> (B, C) logits
+    walk: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None
+
+    def predict_classes(self, img: np.ndarray, threshold: float) -> tuple[int, ...]:
+        """Classes whose sigmoid(logit) exceeds ``threshold`` (for untagged images)."""
+        if self.classify is None:
+            raise ValueError("this backend cannot predict classes (no classifier output)")
+        logits = self.classify(normalize_image(img, self.mean, self.std)[None])[0]
+        prob = 1 / (1 + np.exp(-logits))
+        return tuple(int(c) + 1 for c in np.flatnonzero(prob > threshold))
+
+    def features(self, img: np.ndarray) -> np.ndarray:
+        """Affinity features of the zero-padded (after normalising) image, (D, Hp/8, Wp/8)."""
+        x = pad_to_multiple(normalize_image(img, self.mean, self.std), STRIDE, 0.0)
+        return np.ascontiguousarray(np.asarray(self.aff_forward(x[None]), np.float32)[0])
+
+    def label(
+        self,
+        img: np.ndarray,
+        classes: Sequence[int],
+        cams: np.ndarray | None = None,
+        crf: bool = False,
+    ) -> np.ndarray:
+        """(H, W, 3) uint8 RGB + foreground class ids → (H, W) uint8 label map.
+
+        ``cams`` (K, H, W) may be given (e.g. from make-cam) to skip the CAM network. With no
+        foreground class the result is all background.
+        """
+        h, w = img.shape[:2]
+        keys = sorted(set(int(c) for c in classes))
+        if not keys:
+            return np.zeros((h, w), np.uint8)
+        if cams is None:
+            cams = multiscale_cam(
+                self.cam_forward, img, keys, self.scales, self.mean, self.std, self.flip
+            )
+        scores = walk_scores(cams, self.features(img), self.walk_params, self.walk)
+        if crf:
+            scores = crf_refine(img, scores)
+        return scores_to_label(scores, keys, (h, w))
+
+
+@dataclass(frozen=True)
+class Item:
+    """One image to label: an id (output name), its path and its classes (None = predict)."""
+
+    id: str
+    image: object  # Path
+    classes: tuple[int, ...] | None
+
+
+def label_items(
+    labeler: Labeler,
+    items: Sequence[Item],
+    out_dir,
+    crf: bool = False,
+    class_threshold: float = 0.5,
+    cam_dir=None,
+    progress: bool = True,
+    num_classes: int | None = None,
+    shard: tuple[int, int] = (0, 1),
+) -> dict:
+    """Label every item into ``out_dir/<id>.png``; images already written are skipped.
+
+    ``shard = (i, n)`` keeps every n-th item starting at i, so n processes never collide.
+    Returns counts and seconds per image.
+    """
+    import time
+    from pathlib import Path
+
+    from tqdm import tqdm
+
+    from psa_infer.artifacts import load_cam
+    from psa_infer.datasets import load_image
+    from psa_infer.palette import save_label_png
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    i, n = shard
+    mine = list(items)[i::n]
+    done = skipped = 0
+    t0 = time.perf_counter()
+    for it in tqdm(mine, desc="label", disable=not progress):
+        path = out_dir / f"{it.id}.png"
+        if path.exists():
+            skipped += 1
+            continue
+        img = load_image(it.image)
+        classes = it.classes
+        if classes is None:
+            classes = labeler.predict_classes(img, class_threshold)
+        cams = None
+        if cam_dir is not None and (Path(cam_dir) / f"{it.id}.npz").exists():
+            cams, keys = load_cam(Path(cam_dir) / f"{it.id}.npz", num_classes, img.shape[:2])
+            if tuple(keys.tolist()) != tuple(sorted(classes)):
+                cams = None  # saved for other classes: recompute
+        save_label_png(path, labeler.label(img, classes, cams=cams, crf=crf))
+        done += 1
+    dt = time.perf_counter() - t0
+    return {"labeled": done, "skipped": skipped, "seconds_per_image": dt / max(done, 1)}

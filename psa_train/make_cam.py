@@ -1,0 +1,68 @@
+"""Stage: multi-scale + flip CAMs for every image of a split — ``psa make-cam``.
+
+One ``<id>.npz`` per image (schema in psa_infer.artifacts). Existing files are skipped, so an
+interrupted run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from psa_infer.artifacts import save_cam
+from psa_infer.cam import multiscale_cam
+from psa_infer.datasets import DataSet, load_image
+from psa_train.common import resolve_device, set_threads
+from psa_train.config import MakeCamConfig, save_config
+
+
+def torch_cam_forward(model: torch.nn.Module, device: torch.device):
+    """Wrap a CAM network as the numpy ``forward`` of psa_infer.cam."""
+
+    @torch.no_grad()
+    def forward(batch: np.ndarray) -> np.ndarray:
+        return model.cam(torch.from_numpy(batch).to(device)).float().cpu().numpy()
+
+    return forward
+
+
+def make_cams(
+    dataset: DataSet,
+    checkpoint: str | Path,
+    out: str | Path,
+    cfg: MakeCamConfig,
+    progress: bool = True,
+) -> int:
+    """Write CAMs of ``cfg.split``; returns the number of images computed (not skipped)."""
+    from psa_train.train_cam import load_cam_model
+
+    set_threads()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "config.yaml")
+    device = resolve_device(cfg.device)
+    model, meta = load_cam_model(checkpoint, device)
+    check_classes(meta["classes"], dataset, checkpoint)
+    forward = torch_cam_forward(model, device)
+    done = 0
+    for s in tqdm(dataset.split(cfg.split), desc="make-cam", disable=not progress):
+        path = out / f"{s.id}.npz"
+        if path.exists():
+            continue
+        img = load_image(s.image)
+        cam = multiscale_cam(forward, img, s.labels, cfg.scales, meta["mean"], meta["std"], cfg.flip)
+        save_cam(path, cam, np.asarray(s.labels, np.int64))
+        done += 1
+    return done
+
+
+def check_classes(classes: list[str], dataset: DataSet, checkpoint) -> None:
+    """A checkpoint trained on other classes than the data set's is refused with a message."""
+    if list(classes) != list(dataset.classes):
+        raise ValueError(
+            f"{checkpoint}: trained on classes {classes[1:]}, but the data set "
+            f"{dataset.root} has {list(dataset.classes[1:])}"
+        )

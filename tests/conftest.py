@@ -1,0 +1,50 @@
+"""Shared fixtures: tiny data sets written into tmp_path (no network, no GPU)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+GOLDEN = Path(__file__).resolve().parent / "golden"
+
+
+def write_voc(root: Path, n: int = 6, size=(37, 45), classes=("background", "cat", "dog")):
+    """A VOC-layout set: each image has a square of class (i % K) + 1 on a grey background."""
+    from psa_infer.palette import save_label_png
+
+    (root / "JPEGImages").mkdir(parents=True)
+    (root / "ImageSets" / "Segmentation").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    ids = []
+    for i in range(n):
+        h, w = size
+        img = np.full((h, w, 3), 120, np.uint8) + rng.integers(0, 20, (h, w, 3)).astype(np.uint8)
+        mask = np.zeros((h, w), np.uint8)
+        c = i % (len(classes) - 1) + 1
+        mask[5:20, 10:30] = c
+        img[mask == c] = (200, 40 * c, 30)
+        iid = f"img_{i:03d}"
+        Image.fromarray(img).save(root / "JPEGImages" / f"{iid}.jpg", quality=95)
+        save_label_png(root / "SegmentationClass" / f"{iid}.png", mask)
+        ids.append(iid)
+    half = n // 2
+    (root / "ImageSets/Segmentation/train.txt").write_text("\n".join(ids[:half]) + "\n")
+    (root / "ImageSets/Segmentation/val.txt").write_text("\n".join(ids[half:]) + "\n")
+    (root / "psa_dataset.json").write_text(json.dumps({"name": "tiny", "classes": list(classes)}))
+    return ids
+
+
+@pytest.fixture
+def voc_root(tmp_path):
+    root = tmp_path / "voc"
+    write_voc(root)
+    return root
