@@ -1,0 +1,211 @@
+"""The synthetic benchmark: layout, determinism, ground truth, and the properties the method
+needs (a small class-specific head, class-agnostic bodies)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from psa_infer.palette import load_label_png
+from psa_train.synthetic import CLASS_NAMES, make_synthetic, render_image
+
+NUM_CLASSES = 4
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()
+    }
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("syn") / "data"
+    summary = make_synthetic(out, num_images=12, seed=3, size=96, num_classes=NUM_CLASSES)
+    return out, summary
+
+
+@pytest.fixture(scope="module")
+def rendered() -> list:
+    """Enough objects for the class statistics: ~150 objects from 80 in-memory images."""
+    return [render_image(np.random.default_rng([11, i]), 96, NUM_CLASSES) for i in range(80)]
+
+
+def test_layout_and_summary(dataset: tuple[Path, dict]) -> None:
+    out, summary = dataset
+    ids = [f"syn_{i:05d}" for i in range(12)]
+    for i in ids:
+        assert (out / "JPEGImages" / f"{i}.jpg").is_file()
+        assert (out / "SegmentationClass" / f"{i}.png").is_file()
+    train = (out / "ImageSets/Segmentation/train.txt").read_text().split()
+    val = (out / "ImageSets/Segmentation/val.txt").read_text().split()
+    assert sorted(train + val) == ids and not set(train) & set(val)
+    assert len(val) == 3  # round(0.25 * 12)
+    meta = json.loads((out / "psa_dataset.json").read_text())
+    assert meta["name"] == "synthetic"
+    assert meta["classes"] == ["background", *CLASS_NAMES[:NUM_CLASSES]]
+    assert meta["generator"]["seed"] == 3 and meta["generator"]["size"] == 96
+    assert summary["num_train"] == 9 and summary["num_val"] == 3
+    assert summary["classes"] == meta["classes"]
+    assert set(json.loads((out / "image_labels.json").read_text())) == set(ids)
+    assert not list(out.rglob(".*")), "temporary files left behind"
+
+
+def test_same_seed_same_bytes_other_seed_differs(tmp_path: Path) -> None:
+    a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    make_synthetic(a, num_images=3, seed=5, size=64, num_classes=3)
+    make_synthetic(b, num_images=3, seed=5, size=64, num_classes=3)
+    make_synthetic(c, num_images=3, seed=6, size=64, num_classes=3)
+    fa, fc = _files(a), _files(c)
+    assert fa == _files(b)
+    assert fa["JPEGImages/syn_00000.jpg"] != fc["JPEGImages/syn_00000.jpg"]
+    assert fa["SegmentationClass/syn_00000.png"] != fc["SegmentationClass/syn_00000.png"]
+
+
+def test_masks_are_palette_pngs_matching_images_and_labels(dataset: tuple[Path, dict]) -> None:
+    out, _ = dataset
+    names = json.loads((out / "psa_dataset.json").read_text())["classes"]
+    image_labels = json.loads((out / "image_labels.json").read_text())
+    for name, labelled in image_labels.items():
+        png = Image.open(out / "SegmentationClass" / f"{name}.png")
+        assert png.mode == "P"
+        mask = load_label_png(out / "SegmentationClass" / f"{name}.png")
+        jpg = Image.open(out / "JPEGImages" / f"{name}.jpg")
+        assert jpg.mode == "RGB" and jpg.size == (mask.shape[1], mask.shape[0])
+        values = set(np.unique(mask).tolist())
+        assert values <= set(range(NUM_CLASSES + 1)) | {255}
+        assert 255 in values and 0 in values  # the ignore band and some background
+        present = sorted(names[v] for v in values - {0, 255})
+        assert sorted(labelled) == present
+
+
+def test_labels_match_objects_and_every_head_shows(rendered: list) -> None:
+    for r in rendered:
+        present = set(np.unique(r.label).tolist()) - {0, 255}
+        assert present == set(r.classes)
+        for j in range(len(r.classes)):
+            assert (r.head & (r.instance == j + 1)).sum() > 0
+        # Labels are the instance map through the object classes, except on the ignore band.
+        lut = np.array((0, *r.classes), np.uint8)
+        keep = r.label != 255
+        assert np.array_equal(r.label[keep], lut[r.instance][keep])
+        assert 0 < (r.label == 255).mean() < 0.2
+
+
+def test_image_sizes_vary_and_are_not_all_multiples_of_8(rendered: list) -> None:
+    shapes = {r.image.shape[:2] for r in rendered}
+    assert len(shapes) > 20
+    hs, ws = zip(*shapes, strict=True)
+    assert min(hs + ws) >= round(0.85 * 96) and max(hs + ws) <= round(1.15 * 96)
+    assert any(h % 8 or w % 8 for h, w in shapes)
+
+
+def _objects_touch(instance: np.ndarray) -> bool:
+    a, b = instance[:, 1:], instance[:, :-1]
+    c, d = instance[1:], instance[:-1]
+    return bool(((a != b) & (a > 0) & (b > 0)).any() or ((c != d) & (c > 0) & (d > 0)).any())
+
+
+def test_object_counts_classes_and_scales_vary(rendered: list) -> None:
+    counts = [len(r.classes) for r in rendered]
+    assert set(counts) == {1, 2, 3}
+    assert any(len(set(r.classes)) < len(r.classes) for r in rendered)  # repeated class
+    assert any(len(set(r.classes)) == 3 for r in rendered)
+    assert {c for r in rendered for c in r.classes} == set(range(1, NUM_CLASSES + 1))
+    # Objects overlap or touch in a fair share of images (4-neighbour contact of two ids).
+    touching = sum(_objects_touch(r.instance) for r in rendered)
+    assert touching > 5
+    extents = []
+    for r in rendered:
+        for j in range(len(r.classes)):
+            ys, xs = np.nonzero(r.instance == j + 1)
+            extents.append((max(np.ptp(ys), np.ptp(xs)) + 1) / min(r.image.shape[:2]))
+    assert 0.15 < min(extents) < 0.3 and 0.5 < max(extents) <= 0.65
+
+
+def test_head_is_a_small_share_of_each_object(rendered: list) -> None:
+    shares = [
+        (r.head & (r.instance == j + 1)).sum() / (r.instance == j + 1).sum()
+        for r in rendered
+        for j in range(len(r.classes))
+    ]
+    assert 0.05 <= min(shares) and max(shares) <= 0.25
+    assert 0.08 <= float(np.mean(shares)) <= 0.15
+
+
+def _mean_colours(rendered: list, part: str) -> tuple[np.ndarray, np.ndarray]:
+    """(n, 3) mean RGB of each object's visible head or body, and (n,) its class."""
+    colours, classes = [], []
+    for r in rendered:
+        for j, c in enumerate(r.classes):
+            vis = r.instance == j + 1
+            m = vis & r.head if part == "head" else vis & ~r.head
+            colours.append(r.image[m].mean(0))
+            classes.append(c)
+    return np.array(colours), np.array(classes)
+
+
+def _nearest_centroid_accuracy(x: np.ndarray, y: np.ndarray) -> float:
+    """Leave-half-out: centroids from even samples, accuracy on odd ones."""
+    fit, test = np.arange(len(y)) % 2 == 0, np.arange(len(y)) % 2 == 1
+    labels = np.unique(y)
+    centroids = np.stack([x[fit & (y == c)].mean(0) for c in labels])
+    d = ((x[test][:, None] - centroids[None]) ** 2).sum(-1)
+    return float((labels[d.argmin(1)] == y[test]).mean())
+
+
+def test_head_colour_tells_the_class_and_body_colour_does_not(rendered: list) -> None:
+    head_acc = _nearest_centroid_accuracy(*_mean_colours(rendered, "head"))
+    body_acc = _nearest_centroid_accuracy(*_mean_colours(rendered, "body"))
+    chance = 1 / NUM_CLASSES
+    assert head_acc > 0.8, head_acc
+    # Bodies come from one class-independent pool: near chance (binomial noise on ~75 samples).
+    assert body_acc < chance + 0.2, body_acc
+    # And the spread of body colours within a class dwarfs the distance between class means.
+    body, cls = _mean_colours(rendered, "body")
+    means = np.stack([body[cls == c].mean(0) for c in range(1, NUM_CLASSES + 1)])
+    within = np.mean([body[cls == c].std(0).mean() for c in range(1, NUM_CLASSES + 1)])
+    assert np.ptp(means, axis=0).max() < within
+
+
+def test_regenerating_into_own_output_replaces_it(tmp_path: Path) -> None:
+    out = tmp_path / "d"
+    make_synthetic(out, num_images=4, seed=0, size=64, num_classes=2)
+    make_synthetic(out, num_images=2, seed=0, size=64, num_classes=2)
+    assert sorted(p.name for p in (out / "JPEGImages").iterdir()) == [
+        "syn_00000.jpg",
+        "syn_00001.jpg",
+    ]
+    assert len(json.loads((out / "image_labels.json").read_text())) == 2
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"num_images": 1}, r"num_images must be an integer >= 2, got 1"),
+        ({"num_images": 4, "size": 63}, r"size must be >= 64 pixels, got 63"),
+        ({"num_images": 4, "num_classes": 0}, r"num_classes must be in 1\.\.20, got 0"),
+        ({"num_images": 4, "num_classes": 21}, r"num_classes must be in 1\.\.20, got 21"),
+        ({"num_images": 4, "val_fraction": 1.0}, r"val_fraction must be in \(0, 1\), got 1\.0"),
+    ],
+)
+def test_bad_arguments_are_refused(tmp_path: Path, kwargs: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        make_synthetic(tmp_path / "d", **kwargs)
+    assert not (tmp_path / "d").exists()
+
+
+def test_foreign_output_folder_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match=r"directory is not empty and was not made by the synth"):
+        make_synthetic(tmp_path / "d", num_images=2)
+    (tmp_path / "f").write_text("a file")
+    with pytest.raises(ValueError, match=r"exists and is not a directory"):
+        make_synthetic(tmp_path / "f", num_images=2)
+    assert (tmp_path / "d" / "notes.txt").read_text() == "mine"
+    assert sorted(p.name for p in (tmp_path / "d").iterdir()) == ["notes.txt"]
