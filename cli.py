@@ -65,8 +65,13 @@ def main():
 @click.argument("out", type=click.Path(file_okay=False))
 @click.option("--num-images", "-n", type=click.IntRange(2), default=400, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--size", type=click.IntRange(64), default=160, show_default=True,
-              help="Typical image side; each image's H and W vary around it.")  # fmt: skip
+@click.option(
+    "--size",
+    type=click.IntRange(64),
+    default=160,
+    show_default=True,
+    help="Typical image side; each image's H and W vary around it.",
+)
 @click.option("--num-classes", type=click.IntRange(1, 20), default=6, show_default=True)
 @friendly
 def make_synthetic_cmd(out, num_images, seed, size, num_classes):
@@ -77,17 +82,26 @@ def make_synthetic_cmd(out, num_images, seed, size, num_classes):
     """
     from psa_train.synthetic import make_synthetic
 
-    info = make_synthetic(out, num_images, seed=seed, size=size, num_classes=num_classes,
-                          progress=True)  # fmt: skip
+    info = make_synthetic(
+        out, num_images, seed=seed, size=size, num_classes=num_classes, progress=True
+    )
     click.echo(json.dumps(info, default=str))
 
 
 @main.command("train-cam")
 @click.argument("data", type=click.Path(exists=True))
-@click.option("--out", "-o", type=click.Path(file_okay=False), required=True,
-              help="Run directory (config, metrics, checkpoints).")  # fmt: skip
-@click.option("--labels", type=click.Path(exists=True, dir_okay=False),
-              help="Image-level labels file (CSV/JSON) for a plain image folder.")  # fmt: skip
+@click.option(
+    "--out",
+    "-o",
+    type=click.Path(file_okay=False),
+    required=True,
+    help="Run directory (config, metrics, checkpoints).",
+)
+@click.option(
+    "--labels",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Image-level labels file (CSV/JSON) for a plain image folder.",
+)
 @click.option("--backbone", type=click.Choice(["tiny", "mobilenet_v2", "resnet38"]))
 @click.option("--weights", help="ImageNet weights: 'default', a file, or 'none'.")
 @click.option("--epochs", type=click.IntRange(1))
@@ -103,16 +117,29 @@ def train_cam_cmd(data, out, labels, backbone, weights, epochs, device, resume, 
     if weights == "none":
         weights = None
         sets = (*sets, "train_cam.weights=null")
-    cfg = _config(config_path, sets, {"train_cam.backbone": backbone, "train_cam.weights": weights,
-                                      "train_cam.epochs": epochs, "train_cam.device": device})  # fmt: skip
+    cfg = _config(
+        config_path,
+        sets,
+        {
+            "train_cam.backbone": backbone,
+            "train_cam.weights": weights,
+            "train_cam.epochs": epochs,
+            "train_cam.device": device,
+        },
+    )
     path = train_cam(open_dataset(data, labels), out, cfg.train_cam, resume=resume)
     click.echo(f"wrote {path}")
 
 
 @main.command("make-cam")
 @click.argument("data", type=click.Path(exists=True))
-@click.option("--checkpoint", "-c", type=click.Path(exists=True), required=True,
-              help="cam.safetensors from train-cam.")  # fmt: skip
+@click.option(
+    "--checkpoint",
+    "-c",
+    type=click.Path(exists=True),
+    required=True,
+    help="cam.safetensors from train-cam.",
+)
 @click.option("--out", "-o", type=click.Path(file_okay=False), required=True)
 @click.option("--split", help="Split to process (default: make_cam.split, 'train').")
 @click.option("--labels", type=click.Path(exists=True, dir_okay=False))
@@ -131,13 +158,24 @@ def make_cam_cmd(data, checkpoint, out, split, labels, device, config_path, sets
 
 @main.command("eval")
 @click.argument("data", type=click.Path(exists=True))
-@click.option("--cams", type=click.Path(exists=True, file_okay=False),
-              help="Folder of CAM .npz files (from make-cam).")  # fmt: skip
-@click.option("--labels-dir", type=click.Path(exists=True, file_okay=False),
-              help="Folder of label PNGs (from label).")  # fmt: skip
+@click.option(
+    "--cams",
+    type=click.Path(exists=True, file_okay=False),
+    help="Folder of CAM .npz files (from make-cam).",
+)
+@click.option(
+    "--labels-dir",
+    type=click.Path(exists=True, file_okay=False),
+    help="Folder of label PNGs (from label).",
+)
 @click.option("--split", default="val", show_default=True)
-@click.option("--bg-threshold", type=click.FloatRange(0, 1), default=0.2, show_default=True,
-              help="Constant background score for CAMs.")  # fmt: skip
+@click.option(
+    "--bg-threshold",
+    type=click.FloatRange(0, 1),
+    default=0.2,
+    show_default=True,
+    help="Constant background score for CAMs.",
+)
 @click.option("--bg-sweep", is_flag=True, help="Scan background thresholds 0.05…0.60.")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Write the report.")
 @friendly
@@ -170,8 +208,12 @@ def eval_cmd(data, cams, labels_dir, split, bg_threshold, bg_sweep, json_out):
 
 @main.command("make-aff-labels")
 @click.argument("data", type=click.Path(exists=True))
-@click.option("--cams", type=click.Path(exists=True, file_okay=False), required=True,
-              help="Folder of CAM .npz files (from make-cam).")  # fmt: skip
+@click.option(
+    "--cams",
+    type=click.Path(exists=True, file_okay=False),
+    required=True,
+    help="Folder of CAM .npz files (from make-cam).",
+)
 @click.option("--out", "-o", type=click.Path(file_okay=False), required=True)
 @click.option("--split", help="Split to process (default: aff_labels.split, 'train').")
 @click.option("--no-crf", is_flag=True, help="Skip the dense CRF (faster, less accurate).")
@@ -182,16 +224,21 @@ def make_aff_labels_cmd(data, cams, out, split, no_crf, config_path, sets):
     from psa_infer.datasets import open_dataset
     from psa_train.make_aff_labels import make_aff_labels
 
-    cfg = _config(config_path, sets, {"aff_labels.split": split,
-                                      "aff_labels.crf": False if no_crf else None})  # fmt: skip
+    cfg = _config(
+        config_path, sets, {"aff_labels.split": split, "aff_labels.crf": False if no_crf else None}
+    )
     n = make_aff_labels(open_dataset(data), cams, out, cfg.aff_labels)
     click.echo(f"wrote {n} affinity-label files to {out}")
 
 
 @main.command("train-aff")
 @click.argument("data", type=click.Path(exists=True))
-@click.option("--aff-labels", type=click.Path(exists=True, file_okay=False), required=True,
-              help="Folder written by make-aff-labels.")  # fmt: skip
+@click.option(
+    "--aff-labels",
+    type=click.Path(exists=True, file_okay=False),
+    required=True,
+    help="Folder written by make-aff-labels.",
+)
 @click.option("--out", "-o", type=click.Path(file_okay=False), required=True)
 @click.option("--backbone", type=click.Choice(["tiny", "mobilenet_v2", "resnet38"]))
 @click.option("--weights", help="ImageNet weights: 'default', a file, or 'none'.")
@@ -200,8 +247,9 @@ def make_aff_labels_cmd(data, cams, out, split, no_crf, config_path, sets):
 @click.option("--resume", is_flag=True, help="Continue from OUT/last.safetensors.")
 @config_options
 @friendly
-def train_aff_cmd(data, aff_labels, out, backbone, weights, epochs, device, resume,
-                  config_path, sets):  # fmt: skip
+def train_aff_cmd(
+    data, aff_labels, out, backbone, weights, epochs, device, resume, config_path, sets
+):
     """Train AffinityNet on the confident regions of make-aff-labels."""
     from psa_infer.datasets import open_dataset
     from psa_train.train_aff import train_aff
@@ -209,11 +257,20 @@ def train_aff_cmd(data, aff_labels, out, backbone, weights, epochs, device, resu
     if weights == "none":
         weights = None
         sets = (*sets, "train_aff.weights=null")
-    cfg = _config(config_path, sets, {"train_aff.backbone": backbone, "train_aff.weights": weights,
-                                      "train_aff.epochs": epochs, "train_aff.device": device})  # fmt: skip
+    cfg = _config(
+        config_path,
+        sets,
+        {
+            "train_aff.backbone": backbone,
+            "train_aff.weights": weights,
+            "train_aff.epochs": epochs,
+            "train_aff.device": device,
+        },
+    )
     tc = cfg.train_cam
-    path = train_aff(open_dataset(data), aff_labels, out, cfg.train_aff, tc.mean, tc.std,
-                     resume=resume)  # fmt: skip
+    path = train_aff(
+        open_dataset(data), aff_labels, out, cfg.train_aff, tc.mean, tc.std, resume=resume
+    )
     click.echo(f"wrote {path}")
 
 
@@ -260,30 +317,76 @@ def _label_items(source, split, labels, classes_opt, predict, model_classes):
 
 @main.command("label")
 @click.argument("source", type=click.Path(exists=True))
-@click.option("--cam", "cam_ckpt", type=click.Path(exists=True), required=True,
-              help="cam.safetensors (train-cam).")  # fmt: skip
-@click.option("--aff", "aff_ckpt", type=click.Path(exists=True), required=True,
-              help="aff.safetensors (train-aff).")  # fmt: skip
-@click.option("--out", "-o", type=click.Path(file_okay=False), required=True,
-              help="Folder for <id>.png palette label maps.")  # fmt: skip
+@click.option(
+    "--cam",
+    "cam_ckpt",
+    type=click.Path(exists=True),
+    required=True,
+    help="cam.safetensors (train-cam).",
+)
+@click.option(
+    "--aff",
+    "aff_ckpt",
+    type=click.Path(exists=True),
+    required=True,
+    help="aff.safetensors (train-aff).",
+)
+@click.option(
+    "--out",
+    "-o",
+    type=click.Path(file_okay=False),
+    required=True,
+    help="Folder for <id>.png palette label maps.",
+)
 @click.option("--split", help="Data-set split (default: label.split).")
-@click.option("--labels", type=click.Path(exists=True, dir_okay=False),
-              help="Image-level labels file (CSV/JSON) for an image folder.")  # fmt: skip
+@click.option(
+    "--labels",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Image-level labels file (CSV/JSON) for an image folder.",
+)
 @click.option("--classes", "classes_opt", help="Classes of a single image: NAME,NAME.")
-@click.option("--predict-classes", is_flag=True,
-              help="Untagged images: classes whose classifier probability > label.class_threshold.")  # fmt: skip
-@click.option("--cams", "cam_dir", type=click.Path(exists=True, file_okay=False),
-              help="Reuse CAMs from make-cam instead of recomputing them.")  # fmt: skip
-@click.option("--crf", is_flag=True, default=None, help="Refine the walked scores with a dense CRF.")
-@click.option("--pairs", type=click.Choice(["full", "psa"]),
-              help="full: every pair (default); psa: the reference's pair set, bit for bit.")  # fmt: skip
+@click.option(
+    "--predict-classes",
+    is_flag=True,
+    help="Untagged images: classes whose classifier probability > label.class_threshold.",
+)
+@click.option(
+    "--cams",
+    "cam_dir",
+    type=click.Path(exists=True, file_okay=False),
+    help="Reuse CAMs from make-cam instead of recomputing them.",
+)
+@click.option(
+    "--crf", is_flag=True, default=None, help="Refine the walked scores with a dense CRF."
+)
+@click.option(
+    "--pairs",
+    type=click.Choice(["full", "psa"]),
+    help="full: every pair (default); psa: the reference's pair set, bit for bit.",
+)
 @click.option("--backend", type=click.Choice(["torch"]), default="torch", show_default=True)
 @click.option("--shard", help="i/n: label every n-th image from i (RANK/WORLD_SIZE if unset).")
 @click.option("--device")
 @config_options
 @friendly
-def label_cmd(source, cam_ckpt, aff_ckpt, out, split, labels, classes_opt, predict_classes,
-              cam_dir, crf, pairs, backend, shard, device, config_path, sets):  # fmt: skip
+def label_cmd(
+    source,
+    cam_ckpt,
+    aff_ckpt,
+    out,
+    split,
+    labels,
+    classes_opt,
+    predict_classes,
+    cam_dir,
+    crf,
+    pairs,
+    backend,
+    shard,
+    device,
+    config_path,
+    sets,
+):
     """Pseudo labels (palette PNGs) for SOURCE: a data set, an image folder or one image.
 
     CAMs of the present classes are spread over whole objects by a random walk over
@@ -292,20 +395,37 @@ def label_cmd(source, cam_ckpt, aff_ckpt, out, split, labels, classes_opt, predi
     from psa_infer.pipeline import label_items
     from psa_train.label import torch_labeler
 
-    cfg = _config(config_path, sets, {"label.split": split, "label.crf": crf,
-                                      "label.pairs": pairs, "label.device": device})  # fmt: skip
+    cfg = _config(
+        config_path,
+        sets,
+        {"label.split": split, "label.crf": crf, "label.pairs": pairs, "label.device": device},
+    )
     labeler, meta = torch_labeler(cam_ckpt, aff_ckpt, cfg.label, cfg.make_cam)
-    items = _label_items(source, cfg.label.split, labels, classes_opt, predict_classes,
-                         meta["classes"])  # fmt: skip
-    stats = label_items(labeler, items, out, crf=cfg.label.crf,
-                        class_threshold=cfg.label.class_threshold, cam_dir=cam_dir,
-                        num_classes=len(meta["classes"]) - 1, shard=_parse_shard(shard))  # fmt: skip
+    items = _label_items(
+        source, cfg.label.split, labels, classes_opt, predict_classes, meta["classes"]
+    )
+    stats = label_items(
+        labeler,
+        items,
+        out,
+        crf=cfg.label.crf,
+        class_threshold=cfg.label.class_threshold,
+        cam_dir=cam_dir,
+        num_classes=len(meta["classes"]) - 1,
+        shard=_parse_shard(shard),
+    )
     click.echo(json.dumps(stats))
 
 
 @main.command("demo")
-@click.option("--out", "-o", type=click.Path(file_okay=False), default="demo_out",
-              show_default=True, help="Everything the demo makes goes here.")  # fmt: skip
+@click.option(
+    "--out",
+    "-o",
+    type=click.Path(file_okay=False),
+    default="demo_out",
+    show_default=True,
+    help="Everything the demo makes goes here.",
+)
 @click.option("--num-images", type=click.IntRange(8), help="Synthetic images (default: recipe).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @config_options
@@ -319,8 +439,9 @@ def demo_cmd(out, num_images, seed, config_path, sets):
     """
     from psa_train.demo import run_demo
 
-    result = run_demo(Path(out), config_path=config_path, sets=sets, num_images=num_images,
-                      seed=seed)  # fmt: skip
+    result = run_demo(
+        Path(out), config_path=config_path, sets=sets, num_images=num_images, seed=seed
+    )
     click.echo("RESULT " + json.dumps(result, sort_keys=True))
 
 

@@ -40,7 +40,8 @@ def scores(conf: np.ndarray, class_names: Sequence[str] | None = None) -> dict:
         "miou": float(np.nanmean(iou) * 100) if np.isfinite(iou).any() else float("nan"),
         "pixel_accuracy": float(tp.sum() / total * 100) if total else float("nan"),
         "per_class_iou": {
-            n: (None if np.isnan(v) else round(float(v) * 100, 2)) for n, v in zip(names, iou)
+            n: (None if np.isnan(v) else round(float(v) * 100, 2))
+            for n, v in zip(names, iou, strict=True)
         },
         "pixels": int(total),
     }

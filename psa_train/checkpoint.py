@@ -59,9 +59,7 @@ def load_checkpoint(
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{js}: not readable JSON ({e})") from None
     if kind is not None and meta.get("kind") != kind:
-        raise CheckpointError(
-            f"{st}: expected a {kind} checkpoint, got kind {meta.get('kind')!r}"
-        )
+        raise CheckpointError(f"{st}: expected a {kind} checkpoint, got kind {meta.get('kind')!r}")
     try:
         tensors = load_file(str(st))
     except Exception as e:  # safetensors raises its own error types
@@ -92,6 +90,8 @@ def load_state_strict(model: torch.nn.Module, tensors: dict[str, torch.Tensor], 
             detail.append(f"unexpected {unexpected[0]} (+{len(unexpected) - 1} more)")
         if shape:
             k = shape[0]
-            detail.append(f"{k} has shape {tuple(tensors[k].shape)}, model wants {tuple(own[k].shape)}")
+            detail.append(
+                f"{k} has shape {tuple(tensors[k].shape)}, model wants {tuple(own[k].shape)}"
+            )
         raise CheckpointError(f"{where}: weights do not fit this network: " + "; ".join(detail))
     model.load_state_dict(tensors, strict=True)

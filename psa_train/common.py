@@ -38,6 +38,16 @@ def make_optimizer(groups: list[dict], cfg, max_step: int):
     return opt, sched
 
 
+def fast_forward(sched, step: int) -> None:
+    """Put a LambdaLR at ``step`` (for --resume) without stepping it before the optimiser."""
+    sched.last_epoch = step
+    for group, base, fn in zip(
+        sched.optimizer.param_groups, sched.base_lrs, sched.lr_lambdas, strict=True
+    ):
+        group["lr"] = base * fn(step)
+    sched._last_lr = [g["lr"] for g in sched.optimizer.param_groups]
+
+
 def set_threads() -> None:
     """Use every core for intra-op work unless the user pinned OMP_NUM_THREADS."""
     if "OMP_NUM_THREADS" not in os.environ:
@@ -120,17 +130,20 @@ def fit(
         load_state_strict(model, weights, str(last))
         restore_optimizer(opt, tensors)
         start_epoch = int(lmeta["epoch"])
-        for _ in range(start_epoch * steps_per_epoch):
-            sched.step()
+        fast_forward(sched, start_epoch * steps_per_epoch)
 
     log = MetricsLog(out / "metrics.jsonl")
     for epoch in range(start_epoch, cfg.epochs):
         dataset.epoch = epoch
         g = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
         loader = DataLoader(
-            dataset, batch_size=cfg.batch_size, shuffle=True, drop_last=True,
-            num_workers=cfg.num_workers, generator=g,
-        )  # fmt: skip
+            dataset,
+            batch_size=cfg.batch_size,
+            shuffle=True,
+            drop_last=True,
+            num_workers=cfg.num_workers,
+            generator=g,
+        )
         model.train()
         bar = tqdm(loader, desc=f"train-{name} {epoch + 1}/{cfg.epochs}", disable=not progress)
         sums: dict[str, float] = {}

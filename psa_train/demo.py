@@ -78,8 +78,14 @@ def run_demo(
 
     with timer.stage("make-synthetic"):
         if not (data / "psa_dataset.json").exists():
-            make_synthetic(data, n, seed=seed, size=cfg.demo.size,
-                           num_classes=cfg.demo.num_classes, progress=True)  # fmt: skip
+            make_synthetic(
+                data,
+                n,
+                seed=seed,
+                size=cfg.demo.size,
+                num_classes=cfg.demo.num_classes,
+                progress=True,
+            )
     ds = open_dataset(data)
 
     with timer.stage("train-cam"):
@@ -98,29 +104,40 @@ def run_demo(
         aff_ckpt = out / "aff" / "aff.safetensors"
         if not aff_ckpt.exists():
             tc = cfg.train_cam
-            aff_ckpt = train_aff(ds, out / "aff_labels", out / "aff", cfg.train_aff, tc.mean,
-                                 tc.std, resume=True)  # fmt: skip
+            aff_ckpt = train_aff(
+                ds, out / "aff_labels", out / "aff", cfg.train_aff, tc.mean, tc.std, resume=True
+            )
 
     labeler, _ = torch_labeler(ckpt, aff_ckpt, cfg.label, cfg.make_cam)
     items = [Item(s.id, s.image, s.labels) for s in ds.split(cfg.eval.split)]
     with timer.stage("label (random walk)"):
-        label_items(labeler, items, out / "labels", cam_dir=out / "cams",
-                    num_classes=ds.num_classes)  # fmt: skip
+        label_items(
+            labeler, items, out / "labels", cam_dir=out / "cams", num_classes=ds.num_classes
+        )
     with timer.stage("label (random walk + CRF)"):
-        label_items(labeler, items, out / "labels_crf", crf=True, cam_dir=out / "cams",
-                    num_classes=ds.num_classes)  # fmt: skip
+        label_items(
+            labeler,
+            items,
+            out / "labels_crf",
+            crf=True,
+            cam_dir=out / "cams",
+            num_classes=ds.num_classes,
+        )
 
     with timer.stage("eval"):
         rw = evaluate_labels(ds, out / "labels", cfg.eval.split)
         rw_crf = evaluate_labels(ds, out / "labels_crf", cfg.eval.split)
         (out / "eval_rw.json").write_text(json.dumps({"rw": rw, "rw_crf": rw_crf}, indent=2))
         th = cfg.eval.bg_threshold
-        ths = sorted({th, *(round(0.05 * i, 2) for i in range(1, 13))}) if cfg.demo.bg_sweep else [th]
+        ths = (
+            sorted({th, *(round(0.05 * i, 2) for i in range(1, 13))}) if cfg.demo.bg_sweep else [th]
+        )
         reports = evaluate_cams(ds, out / "cams", cfg.eval.split, ths)
         at_default = next(r for r in reports if r["bg_threshold"] == th)
         best = max(reports, key=lambda r: r["miou"])
-        (out / "eval_cam.json").write_text(json.dumps({"default": at_default, "sweep": reports},
-                                                      indent=2))  # fmt: skip
+        (out / "eval_cam.json").write_text(
+            json.dumps({"default": at_default, "sweep": reports}, indent=2)
+        )
     with timer.stage("overview.png"):
         write_overview(ds, out, cfg.eval.split, cfg.eval.bg_threshold, out / "overview.png")
     click.echo("CAM (val):\n" + format_table(at_default))

@@ -52,7 +52,13 @@ def torch_labeler(
         pairs=label_cfg.pairs,
     )
     labeler = Labeler(
-        cam_forward, aff_forward, aff_meta["mean"], aff_meta["std"], cam_cfg.scales,
-        cam_cfg.flip, params, classify,
-    )  # fmt: skip
+        cam_forward,
+        aff_forward,
+        aff_meta["mean"],
+        aff_meta["std"],
+        cam_cfg.scales,
+        cam_cfg.flip,
+        params,
+        classify,
+    )
     return labeler, cam_meta

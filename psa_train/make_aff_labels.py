@@ -44,9 +44,12 @@ def confident_preview(la: np.ndarray, ha: np.ndarray, keys: np.ndarray) -> np.nd
 
 
 def make_aff_labels(
-    dataset: DataSet, cam_dir: str | Path, out: str | Path, cfg: AffLabelsConfig,
+    dataset: DataSet,
+    cam_dir: str | Path,
+    out: str | Path,
+    cfg: AffLabelsConfig,
     progress: bool = True,
-) -> int:  # fmt: skip
+) -> int:
     """Write la/ha score files for ``cfg.split``; returns how many were computed (not skipped)."""
     cam_dir, out = Path(cam_dir), Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -53,7 +53,9 @@ def make_cams(
         if path.exists():
             continue
         img = load_image(s.image)
-        cam = multiscale_cam(forward, img, s.labels, cfg.scales, meta["mean"], meta["std"], cfg.flip)
+        cam = multiscale_cam(
+            forward, img, s.labels, cfg.scales, meta["mean"], meta["std"], cfg.flip
+        )
         save_cam(path, cam, np.asarray(s.labels, np.int64))
         done += 1
     return done

@@ -44,20 +44,48 @@ VERSION = 1
 
 # Class k (1-based) has head pattern (k - 1) % 8; the names only need to be memorable.
 CLASS_NAMES = (
-    "eyespot", "ringtail", "stripeback", "checkerfin", "starhead",
-    "crossbill", "halfmoon", "dotling", "owlface", "target",
-    "zebrafin", "harlequin", "sunburst", "plusnose", "twotone",
-    "speckle", "lanternfish", "bullseye", "tigerhead", "chequer",
-)  # fmt: skip
+    "eyespot",
+    "ringtail",
+    "stripeback",
+    "checkerfin",
+    "starhead",
+    "crossbill",
+    "halfmoon",
+    "dotling",
+    "owlface",
+    "target",
+    "zebrafin",
+    "harlequin",
+    "sunburst",
+    "plusnose",
+    "twotone",
+    "speckle",
+    "lanternfish",
+    "bullseye",
+    "tigerhead",
+    "chequer",
+)
 MAX_CLASSES = len(CLASS_NAMES)
 
 # Photos present in the scikit-image wheel (nothing is downloaded). The chessboard, horse and
 # other graphic images are left out: they would look like heads or object masks.
 PHOTOS = (
-    "astronaut.png", "brick.png", "camera.png", "chelsea.png", "coffee.png", "coins.png",
-    "grass.png", "gravel.png", "hubble_deep_field.jpg", "moon.png", "motorcycle_left.png",
-    "page.png", "retina.jpg", "rocket.jpg", "text.png",
-)  # fmt: skip
+    "astronaut.png",
+    "brick.png",
+    "camera.png",
+    "chelsea.png",
+    "coffee.png",
+    "coins.png",
+    "grass.png",
+    "gravel.png",
+    "hubble_deep_field.jpg",
+    "moon.png",
+    "motorcycle_left.png",
+    "page.png",
+    "retina.jpg",
+    "rocket.jpg",
+    "text.png",
+)
 
 SIZE_JITTER = 0.15  # H, W ~ U[(1 - j) * size, (1 + j) * size]
 EXTENT_RANGE = (0.25, 0.60)  # object bounding size / shorter image side

@@ -10,8 +10,16 @@ from click.testing import CliRunner
 
 from cli import main
 
-COMMANDS = ["make-synthetic", "train-cam", "make-cam", "make-aff-labels", "train-aff", "label",
-            "eval", "demo"]  # fmt: skip
+COMMANDS = [
+    "make-synthetic",
+    "train-cam",
+    "make-cam",
+    "make-aff-labels",
+    "train-aff",
+    "label",
+    "eval",
+    "demo",
+]
 
 
 def test_group_help_lists_every_command():
@@ -35,8 +43,9 @@ def test_errors_are_one_line_without_traceback(tmp_path):
     assert "neither a VOC layout" in r.output
     bad = tmp_path / "bad.yaml"
     bad.write_text("train_cam:\n  epoch: 3\n")
-    r = CliRunner().invoke(main, ["train-cam", str(tmp_path), "-o", str(tmp_path / "o"),
-                                  "--config", str(bad)])  # fmt: skip
+    r = CliRunner().invoke(
+        main, ["train-cam", str(tmp_path), "-o", str(tmp_path / "o"), "--config", str(bad)]
+    )
     assert r.exit_code != 0 and "train_cam.epoch: unknown key" in r.output
 
 
@@ -48,8 +57,17 @@ def test_eval_needs_exactly_one_source(voc_root):
 def test_eval_label_pngs_perfect_and_json(voc_root, tmp_path):
     # the ground truth itself scores 100 mIoU
     out = tmp_path / "r.json"
-    r = CliRunner().invoke(main, ["eval", str(voc_root), "--labels-dir",
-                                  str(voc_root / "SegmentationClass"), "--json", str(out)])  # fmt: skip
+    r = CliRunner().invoke(
+        main,
+        [
+            "eval",
+            str(voc_root),
+            "--labels-dir",
+            str(voc_root / "SegmentationClass"),
+            "--json",
+            str(out),
+        ],
+    )
     assert r.exit_code == 0, r.output
     assert json.loads(out.read_text())["miou"] == pytest.approx(100.0)
 
@@ -67,7 +85,9 @@ def test_eval_cams_with_sweep(voc_root, tmp_path):
     assert r.exit_code == 0, r.output
     assert "← best" in r.output
     # CAM of 0.5 beats a background of 0.2 → perfect; loses to 0.6 → all background
-    r = CliRunner().invoke(main, ["eval", str(voc_root), "--cams", str(cams), "--bg-threshold", "0.2"])
+    r = CliRunner().invoke(
+        main, ["eval", str(voc_root), "--cams", str(cams), "--bg-threshold", "0.2"]
+    )
     assert "100.00" in r.output
 
 

@@ -43,7 +43,9 @@ def test_cam_round_trip_and_validation(tmp_path):
     with pytest.raises(ArtifactError, match=r"keys' must be class ids in 1..5"):
         load_cam(tmp_path / "a.npz", num_classes=5)
     save_npz(tmp_path / "b.npz", cam=np.zeros((21, 353)), keys=np.array([1]))
-    with pytest.raises(ArtifactError, match=r"expected 'cam' of shape \(K, H, W\) float32, got \(21, 353\) float64"):
+    with pytest.raises(
+        ArtifactError, match=r"expected 'cam' of shape \(K, H, W\) float32, got \(21, 353\) float64"
+    ):
         load_cam(tmp_path / "b.npz")
     save_npz(tmp_path / "c.npz", cam=cam, keys=np.array([1, 2, 3]))
     with pytest.raises(ArtifactError, match="'keys' has 3 entries but 'cam' has 2 maps"):
