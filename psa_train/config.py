@@ -91,6 +91,9 @@ class TrainAffConfig:
     color_jitter: tuple[float, float, float, float] = (0.3, 0.3, 0.3, 0.1)
     radius: int = 5
     pairs: str = "psa"  # "psa" = the reference's pair set (SPEC §3.1); "full" = every pair
+    # Train only the affinity head on a frozen backbone (as IRN trains its boundary branch);
+    # the reference fine-tunes the whole backbone (false).
+    freeze_backbone: bool = False
     train_split: str = "train"
     num_workers: int = 0
     seed: int = 0

@@ -13,7 +13,7 @@ the photographs that ship inside scikit-image (astronaut, brick, camera, chelsea
 sometimes blended with, or replaced by, fractal noise. An image holds 1-3 objects of 1-3
 distinct classes (two objects may share a class); later objects occlude earlier ones, and a
 layout is re-sampled until every object shows at least 60% of its head and 55% of its body, and
-its head is 5-25% of its visible pixels. An object's bounding size is 25-60% of the shorter
+its head is 5-25% of its visible pixels. An object's bounding size is 40-85% of the shorter
 image side; image height and width are drawn independently and uniformly from
 [0.85 * size, 1.15 * size], so they are rarely multiples of 8. The ground-truth masks mark
 visible pixels (0 = background, 1..K = class) with a VOC-like 255 "ignore" band two pixels wide
@@ -88,7 +88,7 @@ PHOTOS = (
 )
 
 SIZE_JITTER = 0.15  # H, W ~ U[(1 - j) * size, (1 + j) * size]
-EXTENT_RANGE = (0.25, 0.60)  # object bounding size / shorter image side
+EXTENT_RANGE = (0.40, 0.85)  # object bounding size / shorter image side (VOC-like fg share)
 HEAD_SHARE_TARGET = (0.09, 0.14)  # head area / object area, before occlusion
 MIN_HEAD_VISIBLE = 0.60
 MIN_BODY_VISIBLE = 0.55

@@ -103,6 +103,9 @@ def train_aff(
         )
     ds = AffDataset(samples, Path(label_dir), cfg, mean, std)
     model = build_aff_model(cfg.backbone, cfg.weights).to(device)
+    if cfg.freeze_backbone:
+        for p in model.backbone.parameters():
+            p.requires_grad_(False)
     meta = {
         "kind": "aff",
         "backbone": cfg.backbone,
@@ -115,6 +118,8 @@ def train_aff(
     }
 
     def step(model, batch):
+        if cfg.freeze_backbone:
+            model.backbone.eval()  # frozen means its BN statistics too
         x, bg_pos, fg_pos, neg = batch
         aff = pair_affinity_torch(model(x), radius=cfg.radius, pairs=cfg.pairs)
         loss, parts = affinity_loss(aff, bg_pos, fg_pos, neg)
