@@ -25,7 +25,7 @@ def friendly(fn):
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except (ValueError, OSError, KeyError) as e:
+        except (ValueError, OSError, KeyError, RuntimeError) as e:
             if os.environ.get("PSA_DEBUG"):
                 raise
             msg = str(e) if not isinstance(e, KeyError) else f"missing key {e}"
@@ -321,15 +321,19 @@ def _label_items(source, split, labels, classes_opt, predict, model_classes):
     "--cam",
     "cam_ckpt",
     type=click.Path(exists=True),
-    required=True,
-    help="cam.safetensors (train-cam).",
+    help="cam.safetensors (train-cam); --backend torch only.",
 )
 @click.option(
     "--aff",
     "aff_ckpt",
     type=click.Path(exists=True),
-    required=True,
-    help="aff.safetensors (train-aff).",
+    help="aff.safetensors (train-aff); --backend torch only.",
+)
+@click.option(
+    "--model",
+    "bundle",
+    type=click.Path(exists=True, file_okay=False),
+    help="Bundle folder from `psa export` (with *.engine for tensorrt); not for torch.",
 )
 @click.option(
     "--out",
@@ -364,15 +368,32 @@ def _label_items(source, split, labels, classes_opt, predict, model_classes):
     type=click.Choice(["full", "psa"]),
     help="full: every pair (default); psa: the reference's pair set, bit for bit.",
 )
-@click.option("--backend", type=click.Choice(["torch"]), default="torch", show_default=True)
+@click.option(
+    "--backend",
+    type=click.Choice(["torch", "onnxruntime", "tensorrt"]),
+    default="torch",
+    show_default=True,
+    help="torch: the checkpoints; onnxruntime / tensorrt: the bundle of --model.",
+)
+@click.option(
+    "--walk",
+    type=click.Choice(["auto", "onnx", "numpy"]),
+    default="auto",
+    show_default=True,
+    help="Bundle backends: rw.onnx/rw.engine or the numpy walk; auto = rw on a GPU, else numpy.",
+)
 @click.option("--shard", help="i/n: label every n-th image from i (RANK/WORLD_SIZE if unset).")
-@click.option("--device")
+@click.option(
+    "--device",
+    help="torch: auto, cpu, cuda, cuda:N; onnxruntime: auto (best provider), cpu or cuda.",
+)
 @config_options
 @friendly
 def label_cmd(
     source,
     cam_ckpt,
     aff_ckpt,
+    bundle,
     out,
     split,
     labels,
@@ -382,6 +403,7 @@ def label_cmd(
     crf,
     pairs,
     backend,
+    walk,
     shard,
     device,
     config_path,
@@ -391,30 +413,238 @@ def label_cmd(
 
     CAMs of the present classes are spread over whole objects by a random walk over
     AffinityNet's affinities (α=16, β=8, t=256 by default), upsampled and argmaxed.
+
+    \b
+    --backend torch        --cam CKPT --aff CKPT (settings from the config)
+    --backend onnxruntime  --model BUNDLE (scales, α, β, t, radius, pairs from its meta.json)
+    --backend tensorrt     --model BUNDLE after `psa build-engine BUNDLE` on this machine
+    The bundle backends never import torch.
     """
     from psa_infer.pipeline import label_items
-    from psa_train.label import torch_labeler
 
     cfg = _config(
         config_path,
         sets,
         {"label.split": split, "label.crf": crf, "label.pairs": pairs, "label.device": device},
     )
-    labeler, meta = torch_labeler(cam_ckpt, aff_ckpt, cfg.label, cfg.make_cam)
-    items = _label_items(
-        source, cfg.label.split, labels, classes_opt, predict_classes, meta["classes"]
-    )
-    stats = label_items(
-        labeler,
-        items,
-        out,
-        crf=cfg.label.crf,
-        class_threshold=cfg.label.class_threshold,
-        cam_dir=cam_dir,
-        num_classes=len(meta["classes"]) - 1,
-        shard=_parse_shard(shard),
-    )
+    if backend == "torch":
+        if not (cam_ckpt and aff_ckpt) or bundle:
+            raise click.UsageError(
+                "--backend torch needs --cam and --aff (and no --model); a bundle runs with "
+                "--backend onnxruntime or tensorrt"
+            )
+        from psa_train.label import torch_labeler
+
+        labeler, meta = torch_labeler(cam_ckpt, aff_ckpt, cfg.label, cfg.make_cam)
+    else:
+        if not bundle or cam_ckpt or aff_ckpt:
+            raise click.UsageError(
+                f"--backend {backend} needs --model BUNDLE (from psa export) and no --cam/--aff"
+            )
+        from psa_infer.bundle import open_bundle
+
+        ort = backend == "onnxruntime"
+        providers = _ort_providers(cfg.label.device) if ort else "auto"
+        opened = open_bundle(bundle, backend, providers, walk)
+        labeler, meta = opened.labeler, opened.meta
+        used = sorted(set(opened.providers.values()))
+        click.echo(f"{backend}: {', '.join(used)}; walk: {opened.walk}")
+    try:
+        if backend != "torch" and pairs and pairs != meta["pairs"]:
+            raise click.UsageError(
+                f"--pairs {pairs}: the bundle was exported with pairs={meta['pairs']}; "
+                "re-export it to change the walk"
+            )
+        items = _label_items(
+            source, cfg.label.split, labels, classes_opt, predict_classes, meta["classes"]
+        )
+        stats = label_items(
+            labeler,
+            items,
+            out,
+            crf=cfg.label.crf,
+            class_threshold=cfg.label.class_threshold,
+            cam_dir=cam_dir,
+            num_classes=len(meta["classes"]) - 1,
+            shard=_parse_shard(shard),
+        )
+    finally:
+        if backend != "torch":
+            opened.close()  # device memory and sessions, before the interpreter tears down
     click.echo(json.dumps(stats))
+
+
+def _ort_providers(device: str) -> str | list[str]:
+    """label.device for ONNX Runtime: auto → its best provider; cpu or cuda → that one."""
+    if device == "auto":
+        return "auto"
+    if device == "cpu":
+        return ["CPUExecutionProvider"]
+    if device == "cuda":
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    raise click.BadParameter(
+        f"expected auto, cpu or cuda with a bundle, got {device!r}", param_hint="--device"
+    )
+
+
+# ---------------------------------------------------------------------------- export, engines
+
+
+def _image_sides(ctx, param, value: str) -> tuple[int, int, int]:
+    """--profile MIN,OPT,MAX image sides in pixels."""
+    try:
+        sides = tuple(int(v) for v in value.split(","))
+    except ValueError:
+        sides = ()
+    if len(sides) != 3 or not 1 <= sides[0] <= sides[1] <= sides[2]:
+        raise click.BadParameter(
+            f"expected MIN,OPT,MAX pixels with MIN <= OPT <= MAX, got {value!r}"
+        )
+    return sides
+
+
+@main.command("export")
+@click.option(
+    "--cam",
+    "cam_ckpt",
+    type=click.Path(exists=True),
+    required=True,
+    help="cam.safetensors (train-cam).",
+)
+@click.option(
+    "--aff",
+    "aff_ckpt",
+    type=click.Path(exists=True),
+    required=True,
+    help="aff.safetensors (train-aff).",
+)
+@click.option(
+    "--out",
+    "-o",
+    type=click.Path(file_okay=False),
+    required=True,
+    help="Bundle folder to write (an earlier bundle there is replaced).",
+)
+@click.option(
+    "--opset",
+    type=click.IntRange(13),
+    default=17,
+    show_default=True,
+    help="ONNX opset of all three graphs (TensorRT 8.5 / JetPack 5 reads up to 17).",
+)
+@click.option(
+    "--verify",
+    "verify_source",
+    type=click.Path(exists=True),
+    help="Check torch vs ONNX Runtime on a data set (eval.split, with masks: ΔmIoU), an image "
+    "folder or one image; a failed check writes no bundle.",
+)
+@click.option(
+    "--verify-limit",
+    type=click.IntRange(1),
+    default=8,
+    show_default=True,
+    help="Images to verify on.",
+)
+@config_options
+@friendly
+def export_cmd(cam_ckpt, aff_ckpt, out, opset, verify_source, verify_limit, config_path, sets):
+    """Export the CAM and affinity networks to a model bundle for the torch-free runtime.
+
+    Writes cam.onnx, aff.onnx, rw.onnx (the random walk) and meta.json (classes, mean/std,
+    scales and flip from make_cam, α/β/t/radius/pairs from label) into OUT.
+    """
+    from export.bundle import VERIFY_REPORT, export_bundle
+    from export.verify import VerifyError, format_report, verify_images
+    from psa_infer.bundle import load_meta
+
+    cfg = _config(config_path, sets, {})
+    images = None
+    if verify_source:
+        from psa_train.checkpoint import load_checkpoint
+
+        _, ckpt_meta = load_checkpoint(cam_ckpt, kind="cam")
+        images = verify_images(verify_source, ckpt_meta["classes"], cfg.eval.split, verify_limit)
+    try:
+        path = export_bundle(
+            cam_ckpt,
+            aff_ckpt,
+            out,
+            cfg.label,
+            cfg.make_cam,
+            opset=opset,
+            verify_images=images,
+            aff_labels_cfg=cfg.aff_labels,
+        )
+    except VerifyError as e:
+        click.echo(format_report(e.report))
+        raise click.ClickException(f"{e} (no bundle written to {out})") from None
+    if images:
+        click.echo(format_report(json.loads((path / VERIFY_REPORT).read_text())))
+    meta = load_meta(path, check_files=False)
+    click.echo(f"wrote {path}: {len(meta['classes']) - 1} classes, opset {meta['opset']}")
+
+
+@main.command("build-engine")
+@click.argument("bundle", type=click.Path(exists=True, file_okay=False))
+@click.option(
+    "--precision",
+    type=click.Choice(["fp32", "fp16", "int8"]),
+    default="fp32",
+    show_default=True,
+    help="cam and aff engines; the walk (rw) is always FP32.",
+)
+@click.option(
+    "--calib-dir",
+    type=click.Path(exists=True, file_okay=False),
+    help="Images to calibrate INT8 on (a few hundred like the ones to label).",
+)
+@click.option(
+    "--profile",
+    "sides",
+    metavar="MIN,OPT,MAX",
+    default="32,448,512",
+    show_default=True,
+    callback=_image_sides,
+    help="Sides in pixels of the images to label: the engines accept every H and W in "
+    "[MIN, MAX] (the CAM engine: times each scale of meta.json).",
+)
+@click.option(
+    "--timing-cache",
+    type=click.Path(dir_okay=False),
+    help="TensorRT timing cache: read if present, written after the build.",
+)
+@click.option(
+    "--workspace-gb",
+    type=click.FloatRange(min=0.1),
+    default=4.0,
+    show_default=True,
+    help="GPU memory TensorRT may use for tactics while building (less on a Jetson).",
+)
+@friendly
+def build_engine_cmd(bundle, precision, calib_dir, sides, timing_cache, workspace_gb):
+    """Build TensorRT engines (cam, aff, rw) for BUNDLE on this machine's GPU.
+
+    Run it on the device that will label (a GPU server, a Jetson): an engine only runs with
+    the TensorRT version and GPU model that built it. Mean/std for INT8 calibration come from
+    the bundle's meta.json. Writes <name>.engine and <name>.engine.json beside the ONNX files.
+    """
+    import importlib.util
+
+    from export.bundle import build_bundle_engines, engine_profiles
+    from psa_infer.bundle import load_meta
+
+    if precision == "int8" and not calib_dir:
+        raise click.UsageError("--precision int8 needs --calib-dir with calibration images")
+    engine_profiles(load_meta(bundle), sides)  # bundle and profile errors first, GPU or not
+    if importlib.util.find_spec("tensorrt") is None:
+        raise click.ClickException(
+            "TensorRT is not installed here: build engines on the GPU machine that will run "
+            "them (pip install psa[trt]; on Jetson, JetPack's python3-libnvinfer)"
+        )
+    paths = build_bundle_engines(bundle, precision, calib_dir, sides, timing_cache, workspace_gb)
+    for p in paths:
+        click.echo(f"wrote {p}")
 
 
 @main.command("demo")

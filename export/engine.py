@@ -231,6 +231,10 @@ def build_engine(
     for name, (lo, opt, hi) in shapes.items():
         opt_profile.set_shape(name, lo, opt, hi)
     config.add_optimization_profile(opt_profile)
+    if precision == "fp32":
+        # TensorRT allows TF32 (10-bit mantissa) matmuls/convs by default on Ampere and later;
+        # "fp32" means FP32, so that the ladder's FP32 rung compares like with like.
+        config.clear_flag(trt.BuilderFlag.TF32)
     if precision in ("fp16", "int8"):
         config.set_flag(trt.BuilderFlag.FP16)  # int8: layers without int8 kernels fall to fp16
     if precision == "int8":

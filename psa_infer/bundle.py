@@ -1,0 +1,346 @@
+"""The model bundle at run time: read and check ``meta.json``, open the models, build a Labeler.
+
+A bundle (written by ``psa export``, ``export/bundle.py``) is a directory::
+
+    cam.onnx   image (B, 3, H, W) → cams (B, C, h, w), logits (B, C)
+    aff.onnx   image (B, 3, H, W) → features (B, D, h, w)
+    rw.onnx    scores (C, h, w), features (D, h, w) → walked (C, h, w)
+    meta.json  everything the runtime needs besides the weights (``load_meta``)
+    *.engine   TensorRT engines, once ``psa build-engine`` ran on the device (+ .engine.json)
+
+Preprocessing and walk settings come from meta.json, never from code defaults, so a bundle
+labels the same way wherever it runs. Torch-free: numpy, onnx, and the backend's own runtime.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from psa_infer.backends import (
+    AFF_FEATURES,
+    AFF_IMAGE,
+    CAM_CAMS,
+    CAM_IMAGE,
+    CAM_LOGITS,
+    RW_FEATURES,
+    RW_SCORES,
+    RW_WALKED,
+    Backend,
+    EngineInfo,
+    OnnxRuntimeBackend,
+    TensorRTBackend,
+    aff_forward_from,
+    cam_forward_from,
+    classify_from,
+    sidecar_path,
+    walk_from,
+)
+from psa_infer.pipeline import STRIDE, Labeler, WalkParams
+
+SCHEMA_VERSION = 1
+META = "meta.json"
+# Model name → (file, input names, output names), in the order the graphs declare them.
+MODELS = {
+    "cam": ("cam.onnx", (CAM_IMAGE,), (CAM_CAMS, CAM_LOGITS)),
+    "aff": ("aff.onnx", (AFF_IMAGE,), (AFF_FEATURES,)),
+    "rw": ("rw.onnx", (RW_SCORES, RW_FEATURES), (RW_WALKED,)),
+}
+BACKENDS = ("onnxruntime", "tensorrt")
+WALKS = ("auto", "onnx", "numpy")
+# Providers on which the walk runs as rw.onnx by default. On ONNX Runtime's CPU provider the numpy
+# walk is faster (benchmarks/export_bench.py, 2 cores: 0.09 s vs 0.15 s for a 448 px image).
+_GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+
+
+class BundleError(ValueError):
+    """A bundle is incomplete or inconsistent; the one-line message names the file."""
+
+
+# ---------------------------------------------------------------------------- meta.json
+
+
+def _is_number(x: object) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _is_int(x: object) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _is_str_list(x: object) -> bool:
+    return isinstance(x, list) and all(isinstance(v, str) for v in x)
+
+
+def _is_rgb_triple(x: object) -> bool:
+    return isinstance(x, list) and len(x) == 3 and all(_is_number(v) for v in x)
+
+
+# key → (check, what is expected); checked in this order, so messages name the first problem.
+_TOP = {
+    "schema_version": (_is_int, "an integer"),
+    "toolkit_version": (lambda x: isinstance(x, str), "a string"),
+    "classes": (
+        lambda x: _is_str_list(x) and len(x) >= 2 and len(set(x)) == len(x),
+        "a list of >= 2 distinct class names, background first",
+    ),
+    "mean": (_is_rgb_triple, "3 numbers (R, G, B)"),
+    "std": (lambda x: _is_rgb_triple(x) and min(x) > 0, "3 numbers > 0 (R, G, B)"),
+    "color_order": (lambda x: x == "RGB", "'RGB' (the only order this runtime feeds)"),
+    "stride": (lambda x: x == STRIDE, f"{STRIDE} (the runtime's feature stride)"),
+    "radius": (lambda x: _is_int(x) and x >= 1, "an integer >= 1"),
+    "beta": (lambda x: _is_number(x) and x > 0, "a number > 0"),
+    "steps": (lambda x: _is_int(x) and x >= 0, "an integer >= 0"),
+    "pairs": (lambda x: x in ("full", "psa"), "'full' or 'psa'"),
+    "alpha": (
+        lambda x: (
+            isinstance(x, dict) and all(_is_number(x.get(k)) for k in ("label", "low", "high"))
+        ),
+        "{'label': α, 'low': α, 'high': α} numbers",
+    ),
+    "scales": (
+        lambda x: isinstance(x, list) and x and all(_is_number(s) and s > 0 for s in x),
+        "a non-empty list of numbers > 0",
+    ),
+    "flip": (lambda x: isinstance(x, bool), "true or false"),
+    "opset": (_is_int, "an integer"),
+    "models": (lambda x: isinstance(x, dict), "an object with cam, aff and rw"),
+    "sources": (lambda x: isinstance(x, dict), "an object with the source checkpoints"),
+}
+
+
+def _check_model_entry(where: str, name: str, entry: object) -> None:
+    file, inputs, outputs = MODELS[name]
+    if not isinstance(entry, dict):
+        raise BundleError(f"{where}: models.{name}: expected an object, got {entry!r}")
+    for key in ("file", "sha256", "inputs", "outputs"):
+        if key not in entry:
+            raise BundleError(f"{where}: missing 'models.{name}.{key}'")
+    if entry["file"] != file:
+        raise BundleError(f"{where}: models.{name}.file: expected {file!r}, got {entry['file']!r}")
+    for kind, expected in (("inputs", inputs), ("outputs", outputs)):
+        specs = entry[kind]
+        ok = isinstance(specs, list) and all(
+            isinstance(s, dict) and {"name", "dtype", "shape"} <= set(s) for s in specs
+        )
+        names = tuple(s["name"] for s in specs) if ok else None
+        if names != expected:
+            raise BundleError(
+                f"{where}: models.{name}.{kind}: expected tensors {list(expected)} as "
+                f"{{name, dtype, shape}}, got {names if ok else specs!r}"
+            )
+
+
+def load_meta(bundle_dir: str | os.PathLike, check_files: bool = True) -> dict:
+    """Read and check ``<bundle_dir>/meta.json``; returns it as a dict.
+
+    Every key the runtime reads is checked for presence and type (``"b/meta.json: missing
+    'mean'"``), the schema version must be this runtime's, and with ``check_files`` each ONNX
+    file must exist with the sha256 that meta.json records (a file replaced after export is
+    refused) and rw.onnx must bake in the walk settings that meta.json states.
+
+    Raises:
+        BundleError: with a one-line message naming the file and what was expected.
+    """
+    root = Path(bundle_dir)
+    path = root / META
+    if not root.is_dir():
+        raise BundleError(f"{root}: not a bundle directory (expected cam.onnx, aff.onnx, ...)")
+    if not path.is_file():
+        raise BundleError(f"{path}: missing — is {root} a bundle written by psa export?")
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise BundleError(f"{path}: not readable JSON ({e})") from None
+    if not isinstance(meta, dict):
+        raise BundleError(f"{path}: expected a JSON object, got {type(meta).__name__}")
+    if "schema_version" in meta and meta["schema_version"] != SCHEMA_VERSION:
+        raise BundleError(
+            f"{path}: schema_version {meta['schema_version']!r} (written by psa "
+            f"{meta.get('toolkit_version', '?')}), this runtime reads {SCHEMA_VERSION} — "
+            "re-export the bundle with this psa, or run it with a matching psa"
+        )
+    for key, (check, expected) in _TOP.items():
+        if key not in meta:
+            raise BundleError(f"{path}: missing '{key}'")
+        if not check(meta[key]):
+            raise BundleError(f"{path}: '{key}': expected {expected}, got {meta[key]!r}")
+    if meta["classes"][0] != "background":
+        raise BundleError(f"{path}: 'classes': expected 'background' first, got {meta['classes']}")
+    for name in MODELS:
+        if name not in meta["models"]:
+            raise BundleError(f"{path}: missing 'models.{name}'")
+        _check_model_entry(str(path), name, meta["models"][name])
+    if check_files:
+        for name, (file, _, _) in MODELS.items():
+            model_path = root / file
+            if not model_path.is_file():
+                raise BundleError(f"{model_path}: missing (meta.json lists it)")
+            if file_sha256(model_path) != meta["models"][name]["sha256"]:
+                raise BundleError(
+                    f"{model_path}: sha256 differs from meta.json's — the file was replaced "
+                    "after export; re-export the bundle"
+                )
+        _check_rw_props(root / MODELS["rw"][0], meta)
+    return meta
+
+
+def _check_rw_props(path: Path, meta: dict) -> None:
+    """rw.onnx bakes radius/beta/steps/pairs in: they must be meta.json's (SPEC §5 settings)."""
+    import onnx
+
+    props = {p.key: p.value for p in onnx.load(path, load_external_data=False).metadata_props}
+    for key in ("radius", "beta", "steps", "pairs"):
+        want = str(float(meta[key])) if key == "beta" else str(meta[key])
+        if props.get(key) != want:
+            raise BundleError(
+                f"{path}: built with {key}={props.get(key)}, meta.json says {want} — "
+                "re-export the bundle instead of editing meta.json"
+            )
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def walk_params(meta: dict) -> WalkParams:
+    """The random-walk settings that a bundle was exported with."""
+    return WalkParams(
+        alpha=float(meta["alpha"]["label"]),
+        beta=float(meta["beta"]),
+        steps=int(meta["steps"]),
+        radius=int(meta["radius"]),
+        pairs=meta["pairs"],
+    )
+
+
+# ---------------------------------------------------------------------------- opening
+
+
+def engine_path(bundle_dir: str | os.PathLike, name: str) -> Path:
+    """``<bundle>/cam.engine`` for "cam": where ``psa build-engine`` writes each model's engine."""
+    return Path(bundle_dir) / f"{name}.engine"
+
+
+def _open_engine(root: Path, name: str, meta: dict) -> Backend:
+    path = engine_path(root, name)
+    if not path.is_file():
+        raise BundleError(
+            f"{path}: missing — build the engines on this machine: psa build-engine {root}"
+        )
+    side = sidecar_path(path)
+    if side.is_file() and EngineInfo.read(side).onnx_sha256 != meta["models"][name]["sha256"]:
+        raise BundleError(
+            f"{path}: built from another {MODELS[name][0]} than this bundle's — rebuild it: "
+            f"psa build-engine {root}"
+        )
+    return TensorRTBackend(path)
+
+
+@dataclass
+class Bundle:
+    """An opened bundle: its meta.json, the backends of its models, and the Labeler using them.
+
+    ``walk`` is the walk actually used: "onnx" (rw.onnx / rw.engine) or "numpy"
+    (``psa_infer.randomwalk``). ``providers`` names where each model runs (ONNX Runtime
+    execution provider, or "TensorRT").
+    """
+
+    path: Path
+    meta: dict
+    labeler: Labeler
+    walk: str
+    backends: dict[str, Backend] = field(default_factory=dict)
+
+    @property
+    def providers(self) -> dict[str, str]:
+        """Model name → ONNX Runtime execution provider, or "TensorRT"."""
+        return {k: getattr(b, "provider", "TensorRT") for k, b in self.backends.items()}
+
+    def close(self) -> None:
+        for b in self.backends.values():
+            b.close()
+
+    def __enter__(self) -> Bundle:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def open_bundle(
+    bundle_dir: str | os.PathLike,
+    backend: str = "onnxruntime",
+    providers: str | Sequence[str] = "auto",
+    walk: str = "auto",
+    threads: int | None = None,
+) -> Bundle:
+    """Open a bundle's models with ``backend`` and wire them into a Labeler.
+
+    Args:
+        backend: "onnxruntime" (the .onnx files; ``providers`` and ``threads`` as for
+            ``OnnxRuntimeBackend``) or "tensorrt" (the ``<name>.engine`` files that
+            ``psa build-engine`` wrote next to them on this machine).
+        walk: "onnx" runs rw.onnx (rw.engine under TensorRT), "numpy" the numpy walk. "auto" =
+            "onnx" on TensorRT and on ONNX Runtime's CUDA/TensorRT providers, where the walk's
+            ~18k small operations run on the GPU; "numpy" on ONNX Runtime's CPU provider, where
+            the numpy walk is faster than rw.onnx (benchmarks/export_bench.py). Both give the
+            same scores to ~1e-6.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"backend: expected one of {', '.join(BACKENDS)}, got {backend!r}")
+    if walk not in WALKS:
+        raise ValueError(f"walk: expected one of {', '.join(WALKS)}, got {walk!r}")
+    root = Path(bundle_dir)
+    meta = load_meta(root)
+    opened: dict[str, Backend] = {}
+
+    def model(name: str) -> Backend:
+        if backend == "tensorrt":
+            opened[name] = _open_engine(root, name, meta)
+        else:
+            opened[name] = OnnxRuntimeBackend(root / MODELS[name][0], providers, threads)
+        return opened[name]
+
+    try:
+        cam, aff = model("cam"), model("aff")
+        if walk == "auto":
+            on_gpu = backend == "tensorrt" or getattr(cam, "provider", "") in _GPU_PROVIDERS
+            walk = "onnx" if on_gpu else "numpy"
+        labeler = Labeler(
+            cam_forward_from(cam),
+            aff_forward_from(aff),
+            mean=tuple(float(v) for v in meta["mean"]),
+            std=tuple(float(v) for v in meta["std"]),
+            scales=tuple(float(s) for s in meta["scales"]),
+            flip=meta["flip"],
+            walk_params=walk_params(meta),
+            classify=classify_from(cam),
+            walk=walk_from(model("rw")) if walk == "onnx" else None,
+        )
+    except BaseException:
+        for b in opened.values():
+            b.close()
+        raise
+    return Bundle(root, meta, labeler, walk, opened)
+
+
+def bundle_labeler(
+    bundle_dir: str | os.PathLike,
+    backend: str = "onnxruntime",
+    providers: str | Sequence[str] = "auto",
+    walk: str = "auto",
+    threads: int | None = None,
+) -> Labeler:
+    """A Labeler for a bundle: ``open_bundle(...).labeler`` (see there for the arguments)."""
+    return open_bundle(bundle_dir, backend, providers, walk, threads).labeler
