@@ -14,6 +14,9 @@ from pathlib import Path
 
 import click
 
+# The keys of psa_train.backbones.BACKBONES (a test keeps them equal); listed here so that
+# `psa --help` and the torch-free commands do not import torch.
+BACKBONE_NAMES = ("tiny", "mobilenet_v2", "mobilenet_v2_d12", "resnet38")
 CONFIG_HELP = "Recipe YAML (sections train_cam, make_cam, …); defaults are the reference's."
 SET_HELP = "Override one config value, e.g. --set train_cam.epochs=3 (repeatable)."
 
@@ -102,7 +105,7 @@ def make_synthetic_cmd(out, num_images, seed, size, num_classes):
     type=click.Path(exists=True, dir_okay=False),
     help="Image-level labels file (CSV/JSON) for a plain image folder.",
 )
-@click.option("--backbone", type=click.Choice(["tiny", "mobilenet_v2", "resnet38"]))
+@click.option("--backbone", type=click.Choice(BACKBONE_NAMES))
 @click.option("--weights", help="ImageNet weights: 'default', a file, or 'none'.")
 @click.option("--epochs", type=click.IntRange(1))
 @click.option("--device", help="auto (CUDA when present), cpu, cuda, cuda:N.")
@@ -240,7 +243,7 @@ def make_aff_labels_cmd(data, cams, out, split, no_crf, config_path, sets):
     help="Folder written by make-aff-labels.",
 )
 @click.option("--out", "-o", type=click.Path(file_okay=False), required=True)
-@click.option("--backbone", type=click.Choice(["tiny", "mobilenet_v2", "resnet38"]))
+@click.option("--backbone", type=click.Choice(BACKBONE_NAMES))
 @click.option("--weights", help="ImageNet weights: 'default', a file, or 'none'.")
 @click.option("--epochs", type=click.IntRange(1))
 @click.option("--device")
@@ -665,7 +668,9 @@ def demo_cmd(out, num_images, seed, config_path, sets):
 
     make-synthetic → train-cam → make-cam → make-aff-labels → train-aff → label → eval,
     all under --out; writes overview.png (image | truth | CAM | random walk | + CRF).
-    The last line printed is `RESULT {json}` with cam_miou, rw_miou, rw_crf_miou, seconds.
+    Then exports the models to --out/bundle and labels the val split again with the
+    torch-free onnxruntime runtime. The last line printed is `RESULT {json}` with cam_miou,
+    rw_miou, rw_crf_miou, ort_miou, ort_agreement and seconds.
     """
     from psa_train.demo import run_demo
 

@@ -124,8 +124,26 @@ def run_demo(
             num_classes=ds.num_classes,
         )
 
+    with timer.stage("export bundle"):
+        from export.bundle import export_bundle
+
+        bundle = out / "bundle"
+        if not (bundle / "meta.json").exists():
+            export_bundle(
+                ckpt, aff_ckpt, bundle, cfg.label, cfg.make_cam, aff_labels_cfg=cfg.aff_labels
+            )
+    with timer.stage("label (onnxruntime, torch-free)"):
+        from psa_infer.bundle import bundle_labeler
+
+        # The deployable path end to end: CAMs from cam.onnx, features from aff.onnx.
+        ort_stats = label_items(bundle_labeler(bundle), items, out / "labels_ort")
+
     with timer.stage("eval"):
         rw = evaluate_labels(ds, out / "labels", cfg.eval.split)
+        ort = evaluate_labels(ds, out / "labels_ort", cfg.eval.split)
+        agreement = label_agreement(
+            out / "labels", out / "labels_ort", [s.id for s in ds.split(cfg.eval.split)]
+        )
         rw_crf = evaluate_labels(ds, out / "labels_crf", cfg.eval.split)
         (out / "eval_rw.json").write_text(json.dumps({"rw": rw, "rw_crf": rw_crf}, indent=2))
         th = cfg.eval.bg_threshold
@@ -147,6 +165,9 @@ def run_demo(
         "cam_miou": round(at_default["miou"], 2),
         "rw_miou": round(rw["miou"], 2),
         "rw_crf_miou": round(rw_crf["miou"], 2),
+        "ort_miou": round(ort["miou"], 2),
+        "ort_agreement": round(agreement, 3),
+        "ort_seconds_per_image": round(ort_stats["seconds_per_image"], 3),
         "cam_miou_best": round(best["miou"], 2),
         "cam_best_bg_threshold": best["bg_threshold"],
         "num_images": n,
@@ -194,3 +215,15 @@ def write_overview(ds, out: Path, split: str, bg_threshold: float, path: Path, r
     tmp = path.with_name(f".{path.name}.tmp.png")
     grid.save(tmp)
     tmp.replace(path)
+
+
+def label_agreement(dir_a: Path, dir_b: Path, ids: list[str]) -> float:
+    """Percent of pixels with the same label in two folders of label PNGs."""
+    from psa_infer.palette import load_label_png
+
+    same = total = 0
+    for i in ids:
+        a, b = load_label_png(dir_a / f"{i}.png"), load_label_png(dir_b / f"{i}.png")
+        same += int((a == b).sum())
+        total += a.size
+    return 100.0 * same / max(total, 1)

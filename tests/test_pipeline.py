@@ -249,3 +249,21 @@ def test_resume_continues_from_last_epoch(chain, tmp_path):
     )
     rows = (tmp_path / "cam" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(r)["epoch"] for r in rows] == [1, 2]  # epoch 1 not repeated
+
+
+def test_demo_prints_result_line_and_overview(tmp_path):
+    out = tmp_path / "demo"
+    sets = ["--set", "demo.size=64", "--set", "demo.num_classes=3", "--set", "demo.bg_sweep=false"]
+    stdout = run("demo", "--out", out, "--num-images", 12, *sets, *TINY, *TINY_AFF, *SCALES)
+    last = stdout.strip().splitlines()[-1]
+    assert last.startswith("RESULT ")
+    result = json.loads(last[len("RESULT ") :])
+    for key in ("cam_miou", "rw_miou", "rw_crf_miou", "ort_miou", "ort_agreement", "seconds"):
+        assert key in result
+    assert 0 <= result["cam_miou"] <= 100 and result["seconds"] > 0
+    # the torch-free onnxruntime runtime labels like the torch backend
+    assert result["ort_agreement"] >= 99.0
+    assert abs(result["ort_miou"] - result["rw_miou"]) <= 1.0
+    im = Image.open(out / "overview.png")
+    assert im.width == 5 * 160 and im.height > 160
+    assert (out / "bundle" / "meta.json").exists()

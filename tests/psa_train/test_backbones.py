@@ -185,7 +185,17 @@ def test_resnet38_default_weights_need_a_file():
 def test_unknown_backbone():
     with pytest.raises(ValueError, match=r"unknown backbone 'vgg16' \(expected one of tiny, "):
         build_backbone("vgg16")
-    assert list(BACKBONES) == ["tiny", "mobilenet_v2", "resnet38"]
+    assert list(BACKBONES) == ["tiny", "mobilenet_v2", "mobilenet_v2_d12", "resnet38"]
+
+
+def test_compact_mobilenet_halves_the_dilations_and_loads_the_same_weights():
+    wide = build_backbone("mobilenet_v2", weights=None)
+    compact = build_backbone("mobilenet_v2_d12", weights="default")
+    rates = lambda m: sorted({c.dilation[0] for c in m.modules() if isinstance(c, torch.nn.Conv2d)})  # noqa: E731
+    assert rates(wide) == [1, 2, 4] and rates(compact) == [1, 2]
+    assert compact.pretrained and set(compact.state_dict()) == set(wide.state_dict())
+    low, mid, high = compact(torch.zeros(1, 3, 61, 47))
+    assert high.shape == (1, 1280, 8, 6)
 
 
 def test_mobilenet_frozen_parts_get_no_gradient_and_bn_stays_eval(mobilenet):
