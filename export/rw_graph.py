@@ -35,7 +35,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from psa_infer.backends import RW_FEATURES, RW_SCORES, RW_WALKED
-from psa_infer.randomwalk import pair_offsets
+from psa_infer.randomwalk import check_walk_params, pair_offsets
 
 _PAIR_SETS = ("full", "psa")
 # A Slice end of "to the end of the axis" (ONNX clamps it to the dimension).
@@ -202,12 +202,7 @@ def _walk_body(weights: list[str], radius: int, consts: list, opset: int) -> onn
 def _check_args(radius: int, beta: float, steps: int, pairs: str, opset: int) -> None:
     if isinstance(radius, bool) or not isinstance(radius, (int, np.integer)) or radius < 1:
         raise ValueError(f"radius: expected an integer >= 1, got {radius!r}")
-    if isinstance(beta, bool) or not isinstance(beta, (int, float, np.number)):
-        raise ValueError(f"beta: expected a finite number > 0, got {beta!r}")
-    if not (np.isfinite(beta) and beta > 0):
-        raise ValueError(f"beta: expected a finite number > 0, got {beta!r}")
-    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 0:
-        raise ValueError(f"steps: expected an integer >= 0, got {steps!r}")
+    check_walk_params(beta, steps)
     if pairs not in _PAIR_SETS:
         raise ValueError(f"pairs: expected 'full' or 'psa', got {pairs!r}")
     top = onnx.defs.onnx_opset_version()

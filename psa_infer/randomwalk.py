@@ -72,6 +72,16 @@ def _check_pairs(pairs: str) -> None:
         raise ValueError(f"pairs: expected 'full' or 'psa', got {pairs!r}")
 
 
+def check_walk_params(beta: float, steps: int) -> None:
+    """β must be a finite number > 0 and the step count an integer >= 0 (one-line errors)."""
+    if isinstance(beta, bool) or not isinstance(beta, (int, float, np.number)):
+        raise ValueError(f"beta: expected a finite number > 0, got {beta!r}")
+    if not (np.isfinite(beta) and beta > 0):
+        raise ValueError(f"beta: expected a finite number > 0, got {beta!r}")
+    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 0:
+        raise ValueError(f"steps: expected an integer >= 0, got {steps!r}")
+
+
 def pair_affinity(features: np.ndarray, radius: int = 5, pairs: str = "full") -> np.ndarray:
     """Affinities of the pairs of the half-disk around every pixel, (K, h, w) float32.
 
@@ -206,12 +216,7 @@ def random_walk(
         )
     if not (np.isfinite(affinity).all() and (affinity >= 0).all()):
         raise ValueError("affinity: expected finite values >= 0, got NaN, inf or negative values")
-    if isinstance(beta, bool) or not isinstance(beta, (int, float, np.number)):
-        raise ValueError(f"beta: expected a finite number > 0, got {beta!r}")
-    if not (np.isfinite(beta) and beta > 0):
-        raise ValueError(f"beta: expected a finite number > 0, got {beta!r}")
-    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 0:
-        raise ValueError(f"steps: expected an integer >= 0, got {steps!r}")
+    check_walk_params(beta, steps)
 
     out = np.zeros((c, h, w), dtype=np.float32)
     # The walk is linear: an all-zero channel (an absent class) stays exactly zero.

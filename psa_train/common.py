@@ -48,6 +48,17 @@ def fast_forward(sched, step: int) -> None:
     sched._last_lr = [g["lr"] for g in sched.optimizer.param_groups]
 
 
+def start_stage(out: str | Path, cfg) -> tuple[Path, torch.device]:
+    """What every stage does first: threads, the output folder, the resolved config, the device."""
+    from psa_train.config import save_config
+
+    set_threads()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "config.yaml")
+    return out, resolve_device(cfg.device)
+
+
 def set_threads() -> None:
     """Use every core for intra-op work unless the user pinned OMP_NUM_THREADS."""
     if "OMP_NUM_THREADS" not in os.environ:

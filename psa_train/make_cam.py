@@ -15,8 +15,8 @@ from tqdm import tqdm
 from psa_infer.artifacts import save_cam
 from psa_infer.cam import multiscale_cam
 from psa_infer.datasets import DataSet, load_image
-from psa_train.common import resolve_device, set_threads
-from psa_train.config import MakeCamConfig, save_config
+from psa_train.common import start_stage
+from psa_train.config import MakeCamConfig
 
 
 def torch_cam_forward(model: torch.nn.Module, device: torch.device):
@@ -39,11 +39,7 @@ def make_cams(
     """Write CAMs of ``cfg.split``; returns the number of images computed (not skipped)."""
     from psa_train.train_cam import load_cam_model
 
-    set_threads()
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "config.yaml")
-    device = resolve_device(cfg.device)
+    out, device = start_stage(out, cfg)
     model, meta = load_cam_model(checkpoint, device)
     check_classes(meta["classes"], dataset, checkpoint)
     forward = torch_cam_forward(model, device)

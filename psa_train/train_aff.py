@@ -20,8 +20,8 @@ from psa_infer.datasets import DataSet, Sample, load_image
 from psa_train import transforms as T
 from psa_train.afflabels import confident_labels, pair_labels
 from psa_train.checkpoint import load_checkpoint, load_state_strict
-from psa_train.common import fit, resolve_device, set_threads
-from psa_train.config import TrainAffConfig, save_config, to_dict
+from psa_train.common import fit, start_stage
+from psa_train.config import TrainAffConfig, to_dict
 
 STRIDE = 8
 
@@ -86,13 +86,9 @@ def train_aff(
     """Train AffinityNet on the la/ha maps in ``label_dir``; returns the checkpoint path."""
     from psa_train.networks import affinity_loss, pair_affinity_torch
 
-    set_threads()
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "config.yaml")
     if cfg.pairs not in ("psa", "full"):
         raise ValueError(f"train_aff.pairs: expected 'psa' or 'full', got {cfg.pairs!r}")
-    device = resolve_device(cfg.device)
+    out, device = start_stage(out, cfg)
     torch.manual_seed(cfg.seed)
     samples = dataset.split(cfg.train_split)
     missing = [s.id for s in samples if not (Path(label_dir) / f"{s.id}.npz").exists()]

@@ -16,8 +16,8 @@ from torch.utils.data import DataLoader
 
 from psa_infer.datasets import DataError, DataSet
 from psa_train.checkpoint import load_checkpoint, load_state_strict
-from psa_train.common import fit, resolve_device, set_threads
-from psa_train.config import TrainCamConfig, save_config, to_dict
+from psa_train.common import fit, start_stage
+from psa_train.config import TrainCamConfig, to_dict
 from psa_train.data import ClsDataset
 
 
@@ -42,11 +42,7 @@ def train_cam(
     progress: bool = True,
 ) -> Path:
     """Train the classifier on ``dataset``'s ``cfg.train_split``; returns the checkpoint path."""
-    set_threads()
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "config.yaml")
-    device = resolve_device(cfg.device)
+    out, device = start_stage(out, cfg)
     torch.manual_seed(cfg.seed)
     ds = ClsDataset(dataset.split(cfg.train_split), dataset.num_classes, cfg, train=True)
     model = build_cam_model(cfg.backbone, cfg.weights, dataset.num_classes).to(device)
