@@ -11,7 +11,6 @@ CPU-only machine; tensorrt and cuda-python are imported only to build.
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -30,6 +29,7 @@ from psa_infer.backends import (
     shape_matches,
     sidecar_path,
 )
+from psa_infer.bundle import file_sha256
 from psa_infer.cam import normalize_image
 
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -257,7 +257,7 @@ def build_engine(
         tensorrt_version=trt.__version__,
         gpu_name=gpu_name(cudart),
         precision=precision,
-        onnx_sha256=hashlib.sha256(onnx_path.read_bytes()).hexdigest(),
+        onnx_sha256=file_sha256(onnx_path),
         profile={k: [list(s) for s in v] for k, v in shapes.items()},
         inputs=inputs,
         outputs=outputs,

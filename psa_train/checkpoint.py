@@ -8,7 +8,6 @@ and renamed, so an interrupted write never leaves a half checkpoint behind.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -69,11 +68,9 @@ def load_checkpoint(
 
 def sha256(path: str | Path) -> str:
     """Hex sha256 of a file (the export bundle records its source checkpoints by hash)."""
-    h = hashlib.sha256()
-    with open(_paths(path)[0], "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    from psa_infer.bundle import file_sha256
+
+    return file_sha256(_paths(path)[0])
 
 
 def load_state_strict(model: torch.nn.Module, tensors: dict[str, torch.Tensor], where: str):
