@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-
-def _describe(x: object) -> str:
-    return f"{tuple(x.shape)} {x.dtype}" if isinstance(x, np.ndarray) else type(x).__name__
+from psa_infer.randomwalk import _describe
 
 
 def crf_inference(
