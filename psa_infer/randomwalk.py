@@ -1,6 +1,7 @@
 """The random walk of AffinityNet in its local form (DESIGN.md, "The random walk").
 
-Numpy only. Memory O(K·N), no N×N matrix anywhere.
+Numpy, with the inner loop optionally compiled (``psa_infer.walk_kernel``, numba) — same
+arithmetic either way. Memory O(K·N), no N×N matrix anywhere.
 
 The reference (SPEC §5) builds the dense N×N matrix ``A`` (unit diagonal, ``A_ij = a_ij ** beta``
 for every pair of its pair set), column-normalises it into ``T`` and returns ``v · T^256``. Each
@@ -16,9 +17,12 @@ contiguous slices of a flat, margin-padded copy of the scores.
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 _PAIR_SETS = ("full", "psa")
+KERNELS = ("auto", "numba", "numpy")
 
 
 def pair_offsets(radius: int = 5) -> np.ndarray:
@@ -155,7 +159,36 @@ def _transition_weights(
     return shifts, weights[: len(shifts)].reshape(len(shifts), h * w)
 
 
+def walk_kernel() -> str:
+    """The walk loop in use: ``"numba"`` (compiled) or ``"numpy"``.
+
+    ``PSA_RW_KERNEL`` chooses: ``auto`` (default: numba when it imports), ``numba`` (an error if it
+    does not) or ``numpy``.
+    """
+    choice = os.environ.get("PSA_RW_KERNEL", "auto").strip().lower() or "auto"
+    if choice not in KERNELS:
+        raise ValueError(f"PSA_RW_KERNEL: expected one of {', '.join(KERNELS)}, got {choice!r}")
+    if choice == "numpy":
+        return "numpy"
+    try:
+        import psa_infer.walk_kernel  # noqa: F401
+    except ImportError as e:
+        if choice == "numba":
+            raise ValueError(f"PSA_RW_KERNEL=numba but numba does not import: {e}") from e
+        return "numpy"
+    return "numba"
+
+
 def _walk(v: np.ndarray, shifts: list[int], weights: np.ndarray, steps: int) -> np.ndarray:
+    """``steps`` walk steps with the kernel of ``walk_kernel()``."""
+    if walk_kernel() == "numba":
+        from psa_infer import walk_kernel as kernel
+
+        return kernel.walk(v, shifts, weights, steps)
+    return _walk_numpy(v, shifts, weights, steps)
+
+
+def _walk_numpy(v: np.ndarray, shifts: list[int], weights: np.ndarray, steps: int) -> np.ndarray:
     """Apply ``v[c, q] ← sum_j weights[j, q] * v[c, q + shifts[j]]`` ``steps`` times.
 
     v: (C, N) float32. The scores live in the middle of a flat buffer with a zero margin wide

@@ -22,6 +22,13 @@ ROOT = Path(__file__).resolve().parents[2]
 AFF_RTOL = 5e-7
 
 
+@pytest.fixture(autouse=True, params=["numpy", "numba"])
+def kernel(request, monkeypatch):
+    """Every test here runs with both walk loops (psa_infer.walk_kernel and the numpy one)."""
+    monkeypatch.setenv("PSA_RW_KERNEL", request.param)
+    return request.param
+
+
 def golden(name: str) -> np.lib.npyio.NpzFile:
     return np.load(GOLDEN / name)
 
@@ -361,3 +368,29 @@ def test_numerics_modules_do_not_import_torch():
         "sys.exit('torch' in sys.modules)"
     )
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
+
+
+# ---------------------------------------------------------------------------- walk loops
+
+
+def test_kernel_choice_follows_the_environment(kernel, monkeypatch):
+    from psa_infer.randomwalk import walk_kernel
+
+    assert walk_kernel() == kernel  # numba is a dev dependency: "numba" really is compiled
+    monkeypatch.setenv("PSA_RW_KERNEL", "fortran")
+    with pytest.raises(ValueError, match="PSA_RW_KERNEL: expected one of auto, numba, numpy"):
+        walk_kernel()
+
+
+@pytest.mark.parametrize("threads", ["1", "2", "5"])
+def test_compiled_loop_equals_numpy_loop(monkeypatch, threads):
+    """Both loops do the same float32 products; the compiled one fuses multiply and add."""
+    monkeypatch.setenv("PSA_RW_THREADS", threads)
+    scores, features = random_inputs(4, 23, 31, seed=3)
+    aff = pair_affinity(features)
+    got = {}
+    for name in ("numpy", "numba"):
+        monkeypatch.setenv("PSA_RW_KERNEL", name)
+        got[name] = random_walk(scores, aff, beta=8.0, steps=257)
+    np.testing.assert_allclose(got["numba"], got["numpy"], rtol=0, atol=2e-6)
+    assert (got["numba"].argmax(0) == got["numpy"].argmax(0)).all()
