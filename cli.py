@@ -650,6 +650,102 @@ def build_engine_cmd(bundle, precision, calib_dir, sides, timing_cache, workspac
         click.echo(f"wrote {p}")
 
 
+def _int_list(ctx, param, value: str | None) -> tuple[int, ...] | None:
+    """'224,448' → (224, 448); '' → () (the part is skipped)."""
+    if value is None:
+        return None
+    try:
+        return tuple(int(v) for v in value.split(",") if v.strip())
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated integers, got {value!r}") from None
+
+
+@main.command("bench")
+@click.option(
+    "--out",
+    "-o",
+    type=click.Path(file_okay=False),
+    default="benchmarks",
+    show_default=True,
+    help="Writes bench.json, bench.md and rw_scaling.png here.",
+)
+@click.option(
+    "--sides",
+    callback=_int_list,
+    default="224,448,512,1024,2048",
+    show_default=True,
+    help="Image sides for the random-walk table.",
+)
+@click.option("--channels", callback=_int_list, default="3,21", show_default=True)
+@click.option(
+    "--methods",
+    default="dense,numba,numpy,onnx",
+    show_default=True,
+    help="Random walks to time (dense = the reference's formulation, the baseline).",
+)
+@click.option("--repeats", type=click.IntRange(1), default=3, show_default=True)
+@click.option(
+    "--label-sides",
+    callback=_int_list,
+    default="448",
+    show_default=True,
+    help="Image sides for the labeling tables ('' skips them).",
+)
+@click.option(
+    "--big-side",
+    type=click.IntRange(0),
+    default=2048,
+    show_default=True,
+    help="Side of the image labeled end to end for peak memory (0 skips it).",
+)
+@click.option(
+    "--bundle",
+    type=click.Path(exists=True, file_okay=False),
+    help="Time this exported bundle (default: untrained networks; timings do not depend on "
+    "the weights).",
+)
+@click.option(
+    "--dense-max-seconds",
+    type=click.FloatRange(0, min_open=True),
+    default=60.0,
+    show_default=True,
+    help="Skip the dense baseline where its O(N³) estimate exceeds this per run.",
+)
+@friendly
+def bench_cmd(
+    out, sides, channels, methods, repeats, label_sides, big_side, bundle, dense_max_seconds
+):
+    """Time the random walk (local vs the reference's dense form) and labeling (torch vs ONNX).
+
+    Prints the tables and writes them to OUT/bench.json and OUT/bench.md, with
+    OUT/rw_scaling.png (time and memory against image side). About 5–10 minutes on a 2-core
+    CPU with the defaults.
+    """
+    from benchmarks.bench import run_bench
+    from benchmarks.rw_bench import METHODS
+
+    chosen = tuple(m.strip() for m in methods.split(",") if m.strip())
+    bad = [m for m in chosen if m not in METHODS]
+    if bad or not chosen:
+        raise click.BadParameter(
+            f"expected some of {', '.join(METHODS)}, got {methods!r}", param_hint="--methods"
+        )
+    if not sides:
+        raise click.BadParameter("expected at least one side", param_hint="--sides")
+    run_bench(
+        Path(out),
+        sides=sides,
+        channel_counts=channels,
+        methods=chosen,
+        repeats=repeats,
+        label_sides=label_sides,
+        big_side=big_side or None,
+        bundle=Path(bundle) if bundle else None,
+        dense_max_seconds=dense_max_seconds,
+        echo=click.echo,
+    )
+
+
 @main.command("demo")
 @click.option(
     "--out",

@@ -1,0 +1,1 @@
+"""Reproducible speed and memory comparisons, printed as tables (``psa bench``)."""
