@@ -1,6 +1,7 @@
 # Two commands on a fresh machine with Python 3.11 and the package index:
 #   make demo   — create .venv, install, run the whole chain on synthetic data
 #   make test   — create .venv, install with dev extras, run the test suite
+#   make bench  — create .venv, install with dev extras, run `psa bench` (tables in benchmarks/)
 #
 # torch is installed first and pinned: an unpinned `torch` from the index is a multi-GB CUDA
 # build. Override for a GPU machine, e.g. `make demo TORCH="torch==2.13.0 --index-url ..."`.
@@ -12,7 +13,7 @@ PIP := $(VENV)/bin/pip
 OUT ?= demo_out
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint install clean
+.PHONY: demo test bench lint install clean
 
 $(VENV)/.base: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +36,9 @@ demo: $(VENV)/.base
 
 test: $(VENV)/.dev
 	$(VENV)/bin/python -m pytest -q $(PYTEST_ARGS)
+
+bench: $(VENV)/.dev
+	$(VENV)/bin/psa bench --out benchmarks
 
 lint: $(VENV)/.dev
 	$(VENV)/bin/ruff check .
