@@ -70,6 +70,8 @@ class AffLabelsConfig:
     high_alpha: float = 32.0  # "ha": weak background → confident background
     crf: bool = True
     crf_iterations: int = 10
+    # The bilateral kernel's spatial width in pixels (reference: 80, for ~500-px VOC images).
+    crf_bilateral_sxy: float = 80.0
     split: str = "train"
 
 

@@ -30,7 +30,9 @@ def crf_scores(img: np.ndarray, cam: np.ndarray, alpha: float, cfg: AffLabelsCon
         return scores.astype(np.float32)
     from psa_infer.crf import crf_inference
 
-    return crf_inference(img, scores, iterations=cfg.crf_iterations)
+    return crf_inference(
+        img, scores, iterations=cfg.crf_iterations, bilateral_sxy=cfg.crf_bilateral_sxy
+    )
 
 
 def confident_preview(la: np.ndarray, ha: np.ndarray, keys: np.ndarray) -> np.ndarray:
