@@ -106,17 +106,27 @@ def pair_affinity(features: np.ndarray, radius: int = 5, pairs: str = "full") ->
     if c == 0:
         raise ValueError(f"features: expected (C, h, w) float32 with C >= 1, got {_describe(f)}")
     out = np.zeros((len(offsets), h, w), dtype=np.float32)
+    abs_sum = _channel_abs_sum_numpy
+    if walk_kernel() == "numba":
+        from psa_infer.walk_kernel import channel_abs_sum as abs_sum
     for k, (dy, dx) in enumerate(offsets.tolist()):
         y0, y1, x0, x1 = _from_region(dy, dx, h, w, radius, pairs)
         if y1 <= y0 or x1 <= x0:
             continue
-        diff = np.abs(f[:, y0:y1, x0:x1] - f[:, y0 + dy : y1 + dy, x0 + dx : x1 + dx])
         # The difference is exact in float32 as in the reference; the mean and exp run in
         # float64 so the result is the correctly rounded value (torch's float32 reduction and exp
         # are within about 1 ulp of it, their exact rounding is not reproducible in numpy).
-        dist = diff.sum(axis=0, dtype=np.float64) / c
+        dist = abs_sum(f, dy, dx, y0, y1, x0, x1) / c
         out[k, y0:y1, x0:x1] = np.exp(-dist)
     return out
+
+
+def _channel_abs_sum_numpy(
+    f: np.ndarray, dy: int, dx: int, y0: int, y1: int, x0: int, x1: int
+) -> np.ndarray:
+    """``sum_c |f[c, y, x] − f[c, y + dy, x + dx]|`` on the region, float64 (channel order)."""
+    diff = np.abs(f[:, y0:y1, x0:x1] - f[:, y0 + dy : y1 + dy, x0 + dx : x1 + dx])
+    return diff.sum(axis=0, dtype=np.float64)
 
 
 def _transition_weights(

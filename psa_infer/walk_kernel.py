@@ -25,6 +25,7 @@ _ACC_FLOATS = 4096  # accumulator: channels × block pixels of float32, 16 KB (s
 def _walk_channels(src, dst, shifts, weights, margin, steps):  # pragma: no cover - compiled
     """``steps`` walk steps of a few channels together; ``src``/``dst`` (c, N + 2·margin) buffers.
 
+    ``shifts[0]`` is the self loop; the rest come in groups of four (pad with zero weights).
     Each block of pixels reads its weights once for all the channels. Returns the buffer that
     holds the result (``src`` or ``dst``, by the parity of ``steps``).
     """
@@ -43,14 +44,24 @@ def _walk_channels(src, dst, shifts, weights, margin, steps):  # pragma: no cove
                 a = acc[ch]
                 for i in range(m):
                     a[i] = w0[i] * s0[i]
-            for j in range(1, n_shifts):
-                wj = weights[j, q0 : q0 + m]
-                start = base + shifts[j]
+            # Four shifts per pass: the accumulator is read and written once per four products.
+            for j in range(1, n_shifts, 4):
+                wa = weights[j, q0 : q0 + m]
+                wb = weights[j + 1, q0 : q0 + m]
+                wc = weights[j + 2, q0 : q0 + m]
+                wd = weights[j + 3, q0 : q0 + m]
+                oa = base + shifts[j]
+                ob = base + shifts[j + 1]
+                oc = base + shifts[j + 2]
+                od = base + shifts[j + 3]
                 for ch in range(c):
-                    sj = src[ch, start : start + m]
+                    sa = src[ch, oa : oa + m]
+                    sb = src[ch, ob : ob + m]
+                    sc = src[ch, oc : oc + m]
+                    sd = src[ch, od : od + m]
                     a = acc[ch]
                     for i in range(m):
-                        a[i] += wj[i] * sj[i]
+                        a[i] += wa[i] * sa[i] + wb[i] * sb[i] + wc[i] * sc[i] + wd[i] * sd[i]
             for ch in range(c):
                 d = dst[ch, base : base + m]
                 a = acc[ch]
@@ -58,6 +69,24 @@ def _walk_channels(src, dst, shifts, weights, margin, steps):  # pragma: no cove
                     d[i] = a[i]
         src, dst = dst, src
     return src
+
+
+@njit(nogil=True, cache=True, boundscheck=False)
+def channel_abs_sum(f, dy, dx, y0, y1, x0, x1):  # pragma: no cover - compiled
+    """``sum_c |f[c, y, x] − f[c, y + dy, x + dx]|`` over rows [y0, y1), columns [x0, x1).
+
+    (y1 − y0, x1 − x0) float64. The difference is taken in float32 and summed in float64 in
+    channel order — the arithmetic of ``psa_infer.randomwalk.pair_affinity``'s numpy form.
+    """
+    out = np.zeros((y1 - y0, x1 - x0), np.float64)
+    for ch in range(f.shape[0]):
+        for y in range(y0, y1):
+            row = out[y - y0]
+            a = f[ch, y, x0:x1]
+            b = f[ch, y + dy, x0 + dx : x1 + dx]
+            for i in range(x1 - x0):
+                row[i] += np.float64(abs(a[i] - b[i]))
+    return out
 
 
 _pool: ThreadPoolExecutor | None = None
@@ -76,8 +105,10 @@ def walk(v: np.ndarray, shifts: list[int], weights: np.ndarray, steps: int) -> n
     global _pool
     c, n = v.shape
     margin = max(abs(s) for s in shifts)
-    shift_arr = np.asarray(shifts, dtype=np.int64)
-    w = np.ascontiguousarray(weights, dtype=np.float32)
+    pad = -(len(shifts) - 1) % 4  # zero-weight self loops fill the last group of four
+    shift_arr = np.asarray(list(shifts) + [0] * pad, dtype=np.int64)
+    w = np.zeros((len(shift_arr), n), np.float32)
+    w[: len(shifts)] = weights
     out = np.empty((c, n), np.float32)
 
     threads = min(c, walk_threads())
