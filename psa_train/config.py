@@ -96,6 +96,9 @@ class TrainAffConfig:
     # Train only the affinity head on a frozen backbone (as IRN trains its boundary branch);
     # the reference fine-tunes the whole backbone (false).
     freeze_backbone: bool = False
+    # Per-level widths of the affinity head; null = clamp(channels // 8, 16, 256), which is
+    # the reference's (64, 128, 256) for ResNet-38.
+    widths: tuple[int, int, int] | None = None
     train_split: str = "train"
     num_workers: int = 0
     seed: int = 0

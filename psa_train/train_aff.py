@@ -66,11 +66,11 @@ class AffDataset(Dataset):
         )
 
 
-def build_aff_model(backbone: str, weights: str | None):
+def build_aff_model(backbone: str, weights: str | None, widths=None):
     from psa_train.backbones import build_backbone
     from psa_train.networks import AffinityNet
 
-    return AffinityNet(build_backbone(backbone, weights))
+    return AffinityNet(build_backbone(backbone, weights), widths)
 
 
 def train_aff(
@@ -98,7 +98,7 @@ def train_aff(
             "run make-aff-labels on the same split first"
         )
     ds = AffDataset(samples, Path(label_dir), cfg, mean, std)
-    model = build_aff_model(cfg.backbone, cfg.weights).to(device)
+    model = build_aff_model(cfg.backbone, cfg.weights, cfg.widths).to(device)
     if cfg.freeze_backbone:
         for p in model.backbone.parameters():
             p.requires_grad_(False)
@@ -109,6 +109,7 @@ def train_aff(
         "mean": list(mean),
         "std": list(std),
         "radius": cfg.radius,
+        "widths": list(model.widths),
         "config": to_dict(cfg),
         "dataset": dataset.name,
     }
@@ -127,6 +128,6 @@ def train_aff(
 def load_aff_model(path: str | Path, device: torch.device | str = "cpu"):
     """Rebuild a trained AffinityNet from its checkpoint; returns (model in eval mode, meta)."""
     tensors, meta = load_checkpoint(path, kind="aff")
-    model = build_aff_model(meta["backbone"], None)
+    model = build_aff_model(meta["backbone"], None, meta.get("widths"))
     load_state_strict(model, tensors, str(path))
     return model.to(device).eval(), meta

@@ -210,3 +210,23 @@ def test_param_groups_multipliers_and_frozen_parameters():
     assert len(g[1]["params"]) == 8 and {id(p) for p in g[2]["params"]} == {id(cam.fc8.weight)}
     with pytest.raises(ValueError, match="param_groups: Linear has no .backbone module"):
         param_groups(torch.nn.Linear(2, 2), 0.1, 0.0)
+
+
+def test_affinity_head_widths_are_a_recipe_value_that_the_checkpoint_keeps(tmp_path):
+    from psa_train.checkpoint import save_checkpoint
+    from psa_train.config import load_config
+    from psa_train.train_aff import build_aff_model, load_aff_model
+
+    cfg = load_config(None, ["train_aff.widths=[8,12,20]"]).train_aff
+    model = build_aff_model("tiny", None, cfg.widths)
+    assert model.widths == (8, 12, 20) and model.out_channels == 40
+    meta = {
+        "kind": "aff",
+        "backbone": "tiny",
+        "classes": ["background", "a"],
+        "widths": [8, 12, 20],
+    }
+    save_checkpoint(tmp_path / "aff", model.state_dict(), meta)
+    loaded, _ = load_aff_model(tmp_path / "aff.safetensors")
+    assert loaded.widths == (8, 12, 20)
+    assert load_config(None, []).train_aff.widths is None  # default: the reference's rule
