@@ -8,20 +8,25 @@ Runtime session or a TensorRT engine after):
 
 Everything between and after them — multi-scale CAMs, background power, padding, pooling, pair
 affinities, the random walk, upsampling, argmax, optional dense CRF — is numpy, here, once.
+The image is normalised once per label (the scale-1 CAM input is also AffinityNet's input);
+large network inputs run in tiles (``Labeler.tile``, ``psa_infer.cam.forward_tiled``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
 
-from psa_infer.cam import multiscale_cam, normalize_image
+from psa_infer.cam import STRIDE, TILE, TILE_MARGIN, forward_tiled, multiscale_cam, normalize_image
 from psa_infer.ops import avg_pool, pad_to_multiple, resize_bilinear, scores_with_background
 from psa_infer.randomwalk import pair_affinity, random_walk
 
-STRIDE = 8
+# Stage names of ``Labeler.label(..., times=...)``, in the order they run.
+STAGES = ("normalize", "cam", "features", "walk", "upsample", "crf", "argmax")
 
 
 @dataclass(frozen=True)
@@ -43,6 +48,13 @@ def walk_scores(
     ``cams`` (K, H, W) normalised CAMs of the present classes; ``features`` (D, Hp/8, Wp/8).
     ``walk(scores, features)`` replaces the numpy walk (e.g. the exported rw.onnx) when given.
     """
+    return upsample_scores(walk_scores_at_stride(cams, features, params, walk))
+
+
+def walk_scores_at_stride(
+    cams: np.ndarray, features: np.ndarray, params: WalkParams, walk=None
+) -> np.ndarray:
+    """``walk_scores`` before its upsampling: (K+1, Hp/8, Wp/8) float32."""
     k, h, w = cams.shape
     # Background at the original size, then zero padding in every channel (SPEC §5 step 2).
     scores = scores_with_background(cams, params.alpha)
@@ -55,11 +67,14 @@ def walk_scores(
         )
     v = avg_pool(scores, STRIDE)
     if walk is not None:
-        rw = walk(v, features)
-    else:
-        aff = pair_affinity(features, radius=params.radius, pairs=params.pairs)
-        rw = random_walk(v, aff, beta=params.beta, steps=params.steps, radius=params.radius)
-    return resize_bilinear(rw, (hp, wp))
+        return np.asarray(walk(v, features), np.float32)
+    aff = pair_affinity(features, radius=params.radius, pairs=params.pairs)
+    return random_walk(v, aff, beta=params.beta, steps=params.steps, radius=params.radius)
+
+
+def upsample_scores(scores: np.ndarray) -> np.ndarray:
+    """Stride-8 scores (C, h, w) → (C, 8h, 8w) float32, bilinear (the reference's upsampling)."""
+    return resize_bilinear(scores, (scores.shape[1] * STRIDE, scores.shape[2] * STRIDE))
 
 
 def scores_to_label(scores: np.ndarray, keys: Sequence[int], size: tuple[int, int]) -> np.ndarray:
@@ -79,9 +94,26 @@ def crf_refine(img: np.ndarray, scores: np.ndarray) -> np.ndarray:
     return crf_inference(img, p.astype(np.float32))
 
 
+@contextmanager
+def _timed(times: dict[str, float] | None, stage: str) -> Iterator[None]:
+    """Add the seconds the block takes to ``times[stage]`` (nothing when ``times`` is None)."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        if times is not None:
+            times[stage] = times.get(stage, 0.0) + time.perf_counter() - start
+
+
 @dataclass
 class Labeler:
-    """Turns images into pseudo labels with the given network callables."""
+    """Turns images into pseudo labels with the given network callables.
+
+    ``tile``: network inputs with a side above this many pixels run in tiles with
+    ``tile_margin`` pixels of context (``psa_infer.cam.forward_tiled``), which bounds memory
+    for large images (a 2048² image: 1.6 GB instead of 17 GB at scale 2.0); None never tiles.
+    The default leaves images up to 512 px (1024 px at scale 2.0) untouched.
+    """
 
     cam_forward: Callable[[np.ndarray], np.ndarray]
     aff_forward: Callable[[np.ndarray], np.ndarray]
@@ -92,6 +124,8 @@ class Labeler:
     walk_params: WalkParams = WalkParams()
     classify: Callable[[np.ndarray], np.ndarray] | None = None  # (B,3,h,w) -> (B, C) logits
     walk: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None
+    tile: int | None = TILE
+    tile_margin: int = TILE_MARGIN
 
     def predict_classes(self, img: np.ndarray, threshold: float) -> tuple[int, ...]:
         """Classes whose sigmoid(logit) exceeds ``threshold`` (for untagged images)."""
@@ -101,10 +135,16 @@ class Labeler:
         prob = 1 / (1 + np.exp(-logits))
         return tuple(int(c) + 1 for c in np.flatnonzero(prob > threshold))
 
-    def features(self, img: np.ndarray) -> np.ndarray:
-        """Affinity features of the zero-padded (after normalising) image, (D, Hp/8, Wp/8)."""
-        x = pad_to_multiple(normalize_image(img, self.mean, self.std), STRIDE, 0.0)
-        return np.ascontiguousarray(np.asarray(self.aff_forward(x[None]), np.float32)[0])
+    def features(self, img: np.ndarray, normalized: np.ndarray | None = None) -> np.ndarray:
+        """Affinity features of the zero-padded (after normalising) image, (D, Hp/8, Wp/8).
+
+        ``normalized``: ``normalize_image(img, mean, std)`` if the caller has it already.
+        """
+        if normalized is None:
+            normalized = normalize_image(img, self.mean, self.std)
+        x = pad_to_multiple(normalized, STRIDE, 0.0)
+        f = forward_tiled(self.aff_forward, x, False, self.tile, self.tile_margin, "aff")
+        return np.ascontiguousarray(f[0])
 
     def label(
         self,
@@ -112,24 +152,45 @@ class Labeler:
         classes: Sequence[int],
         cams: np.ndarray | None = None,
         crf: bool = False,
+        times: dict[str, float] | None = None,
     ) -> np.ndarray:
         """(H, W, 3) uint8 RGB + foreground class ids → (H, W) uint8 label map.
 
         ``cams`` (K, H, W) may be given (e.g. from make-cam) to skip the CAM network. With no
-        foreground class the result is all background.
+        foreground class the result is all background. ``times``, if given, receives the
+        seconds spent in each stage of ``STAGES`` that ran (added to what it holds).
         """
         h, w = img.shape[:2]
         keys = sorted(set(int(c) for c in classes))
         if not keys:
             return np.zeros((h, w), np.uint8)
+        with _timed(times, "normalize"):
+            x = normalize_image(img, self.mean, self.std)
         if cams is None:
-            cams = multiscale_cam(
-                self.cam_forward, img, keys, self.scales, self.mean, self.std, self.flip
-            )
-        scores = walk_scores(cams, self.features(img), self.walk_params, self.walk)
+            with _timed(times, "cam"):
+                cams = multiscale_cam(
+                    self.cam_forward,
+                    img,
+                    keys,
+                    self.scales,
+                    self.mean,
+                    self.std,
+                    self.flip,
+                    self.tile,
+                    self.tile_margin,
+                    normalized=x,
+                )
+        with _timed(times, "features"):
+            features = self.features(img, normalized=x)
+        with _timed(times, "walk"):
+            rw = walk_scores_at_stride(cams, features, self.walk_params, self.walk)
+        with _timed(times, "upsample"):
+            scores = upsample_scores(rw)
         if crf:
-            scores = crf_refine(img, scores)
-        return scores_to_label(scores, keys, (h, w))
+            with _timed(times, "crf"):
+                scores = crf_refine(img, scores)
+        with _timed(times, "argmax"):
+            return scores_to_label(scores, keys, (h, w))
 
 
 @dataclass(frozen=True)
