@@ -199,6 +199,10 @@ class OnnxRuntimeBackend(Backend):
         # machine spinning workers steal the core the next op needs (56×56, C=3, 2 threads:
         # 0.33 s spinning, 0.21 s not; large network ops are unaffected).
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        # Inputs change shape from image to image and scale to scale; ORT's memory patterns
+        # keep a plan (and its memory) per shape seen: 1.46 GB for five ~1200² tile shapes,
+        # 0.92 GB without, at the same speed (benchmarks/label_bench.py, 2-core CPU).
+        options.enable_mem_pattern = False
         chosen = choose_providers(providers, ort.get_available_providers())
         try:
             self.session = ort.InferenceSession(model, options, providers=chosen)
