@@ -58,9 +58,11 @@ def to_text(table: Table) -> str:
     cells = [table.columns] + [[cell(x) for x in row] for row in table.rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(table.columns))]
     out = [table.title, "-" * len(table.title)]
-    for k, r in enumerate(cells):
-        just = [c.rjust(w) if k else c.ljust(w) for c, w in zip(r, widths, strict=True)]
-        out.append("  ".join(just))
+    # Text columns flush left, numeric ones flush right.
+    text = [any(isinstance(row[i], str) for row in table.rows) for i in range(len(table.columns))]
+    for r in cells:
+        just = [c.ljust(w) if t else c.rjust(w) for c, w, t in zip(r, widths, text, strict=True)]
+        out.append("  ".join(just).rstrip())
     out.extend(f"  * {n}" for n in table.notes)
     return "\n".join(out) + "\n"
 
