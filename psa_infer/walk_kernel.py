@@ -94,9 +94,11 @@ _pool: ThreadPoolExecutor | None = None
 
 def walk_threads() -> int:
     """Threads for the walk: ``PSA_RW_THREADS`` if set, else the CPUs this process may use."""
-    env = os.environ.get("PSA_RW_THREADS", "")
-    if env.strip():
-        return max(1, int(env))
+    env = os.environ.get("PSA_RW_THREADS", "").strip()
+    if env:
+        if not env.isdigit() or int(env) < 1:
+            raise ValueError(f"PSA_RW_THREADS: expected an integer >= 1, got {env!r}")
+        return int(env)
     return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1)
 
 

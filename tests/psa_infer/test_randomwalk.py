@@ -394,3 +394,14 @@ def test_compiled_loop_equals_numpy_loop(monkeypatch, threads):
         got[name] = random_walk(scores, aff, beta=8.0, steps=257)
     np.testing.assert_allclose(got["numba"], got["numpy"], rtol=0, atol=2e-6)
     assert (got["numba"].argmax(0) == got["numpy"].argmax(0)).all()
+
+
+def test_bad_thread_count_is_a_one_line_error(monkeypatch):
+    from psa_infer.walk_kernel import walk_threads
+
+    monkeypatch.setenv("PSA_RW_THREADS", "3")
+    assert walk_threads() == 3
+    for bad in ("two", "0", "-1"):
+        monkeypatch.setenv("PSA_RW_THREADS", bad)
+        with pytest.raises(ValueError, match="PSA_RW_THREADS: expected an integer >= 1"):
+            walk_threads()
