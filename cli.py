@@ -730,8 +730,13 @@ def bench_cmd(
         raise click.BadParameter(
             f"expected some of {', '.join(METHODS)}, got {methods!r}", param_hint="--methods"
         )
-    if not sides:
-        raise click.BadParameter("expected at least one side", param_hint="--sides")
+    if not sides or min(sides) < 8:
+        raise click.BadParameter(f"expected image sides >= 8, got {sides}", param_hint="--sides")
+    if not channels or min(channels) < 3:
+        # background + the two classes the benchmark image holds
+        raise click.BadParameter(
+            f"expected channel counts >= 3, got {channels}", param_hint="--channels"
+        )
     run_bench(
         Path(out),
         sides=sides,

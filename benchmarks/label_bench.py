@@ -38,7 +38,15 @@ from pathlib import Path
 import numpy as np
 
 import psa_train  # noqa: F401  (sets OMP_WAIT_POLICY, which must precede torch; imports no torch)
-from benchmarks.report import Table, machine, peak_rss_mb, to_text, write_report
+from benchmarks.report import (
+    Table,
+    cpus,
+    machine,
+    peak_rss_mb,
+    proc_status_kb,
+    to_text,
+    write_report,
+)
 from psa_infer.randomwalk import walk_kernel
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -55,11 +63,6 @@ STAGE_ROWS = (
     ("upsample + argmax", ("upsample", "argmax")),
     ("dense CRF", ("crf",)),
 )
-
-
-def cpus() -> int:
-    """CPUs this process may run on (the affinity mask, not the machine's count)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def has_crf() -> bool:
@@ -290,13 +293,8 @@ def own_peak_rss_mb() -> float:
     would report at least the parent's size; ``VmHWM`` belongs to the running program alone.
     Falls back to ``ru_maxrss`` where /proc is missing.
     """
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return peak_rss_mb()
+    hwm = proc_status_kb("VmHWM")
+    return hwm / 1024 if hwm is not None else peak_rss_mb()
 
 
 def _big_image_child(bundle: str, side: int, tile: str) -> dict:

@@ -69,8 +69,7 @@ def to_text(table: Table) -> str:
 
 def machine() -> dict:
     """What the numbers came from: CPU model, cores usable, memory, Python and library versions."""
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    info = {"platform": platform.platform(), "python": platform.python_version(), "cpus": cpus}
+    info = {"platform": platform.platform(), "python": platform.python_version(), "cpus": cpus()}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -103,6 +102,24 @@ def machine() -> dict:
     except (OSError, subprocess.SubprocessError):
         pass
     return info
+
+
+def cpus() -> int:
+    """The CPUs this process may use (its affinity mask where the OS has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def proc_status_kb(field: str) -> int | None:
+    """A ``/proc/self/status`` field in kB (``VmRSS``, ``VmHWM``); None where /proc is missing."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return None
 
 
 def peak_rss_mb() -> float:

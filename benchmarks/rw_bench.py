@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.report import Table
+from benchmarks.report import Table, cpus, proc_status_kb
 
 STRIDE = 8
 BETA, STEPS, RADIUS = 8.0, 256, 5
@@ -110,20 +110,13 @@ def _onnx_walk():
 
     model = build_rw_model(RADIUS, BETA, STEPS, "full")
     opts = ort.SessionOptions()
-    opts.intra_op_num_threads = _cpus()
+    opts.intra_op_num_threads = cpus()
     sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
     return lambda scores, features: sess.run(None, {"scores": scores, "features": features})[0]
 
 
-def _cpus() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-
-
 def _status_kb(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    return 0
+    return proc_status_kb(field) or 0
 
 
 def run_case(
@@ -185,7 +178,7 @@ def run_case(
         "rss_before_mb": before_kb / 1024,
         "peak_rss_mb": max(peak_kb, hwm_start_kb) / 1024,
         "peak_extra_mb": max(0.0, (peak_kb - before_kb) / 1024) if reset else None,
-        "threads": _cpus(),
+        "threads": cpus(),
     }
 
 

@@ -96,3 +96,17 @@ def test_psa_bench_writes_tables_json_and_plot(tmp_path):
 def test_psa_bench_rejects_unknown_methods(tmp_path):
     r = CliRunner().invoke(main, ["bench", "--out", str(tmp_path), "--methods", "dense,cupy"])
     assert r.exit_code != 0 and "expected some of dense, numba, numpy, onnx" in r.output
+
+
+@pytest.mark.parametrize(
+    "args, match",
+    [
+        (["--sides", ""], "expected image sides >= 8"),
+        (["--sides", "4"], "expected image sides >= 8"),
+        (["--channels", "2"], "expected channel counts >= 3"),
+        (["--sides", "a,b"], "expected comma-separated integers"),
+    ],
+)
+def test_psa_bench_rejects_bad_sizes(tmp_path, args, match):
+    r = CliRunner().invoke(main, ["bench", "--out", str(tmp_path), *args])
+    assert r.exit_code != 0 and match in r.output
