@@ -21,20 +21,64 @@ CONFIG_HELP = "Recipe YAML (sections train_cam, make_cam, …); defaults are the
 SET_HELP = "Override one config value, e.g. --set train_cam.epochs=3 (repeatable)."
 
 
+# Exit statuses: 0 done, 1 a user error (one line), 2 a usage error (click), 3 some images of a
+# folder or split failed (listed in the failures file), 70 a bug in psa (EX_SOFTWARE).
+EXIT_SOME_FAILED = 3
+EXIT_BUG = 70
+
+
+class _Bug(click.ClickException):
+    exit_code = EXIT_BUG
+
+    def show(self, file=None) -> None:
+        click.echo(self.message, err=True)
+
+
 def friendly(fn):
-    """Turn library errors into one line on stderr and exit status 1 (PSA_DEBUG=1: traceback)."""
+    """User errors (``PsaError``, file-system errors) become one line on stderr and exit 1;
+    anything else is a bug in psa: one line saying so, exit 70 (PSA_DEBUG=1: the traceback)."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        from psa_infer.errors import PsaError, missing_module_message
+
         try:
             return fn(*args, **kwargs)
-        except (ValueError, OSError, KeyError, RuntimeError) as e:
+        except (click.ClickException, click.exceptions.Exit, click.Abort, KeyboardInterrupt):
+            raise
+        except Exception as e:
             if os.environ.get("PSA_DEBUG"):
                 raise
-            msg = str(e) if not isinstance(e, KeyError) else f"missing key {e}"
-            raise click.ClickException(msg) from None
+            if isinstance(e, PsaError):
+                msg = str(e)
+            elif isinstance(e, ModuleNotFoundError) and missing_module_message(e.name):
+                msg = missing_module_message(e.name)
+            elif isinstance(e, OSError):  # disk full, permission denied, …: the user's to fix
+                msg = f"{e.filename}: {e.strerror}" if e.filename and e.strerror else str(e)
+            else:
+                raise _bug(e) from None
+            raise click.ClickException(_one_line(msg)) from None
 
     return wrapper
+
+
+def _one_line(msg: str) -> str:
+    return " ".join(msg.split()) or "(no message)"
+
+
+def _bug(e: BaseException) -> _Bug:
+    return _Bug(
+        f"psa: unexpected error (a bug in psa, not in your input): {type(e).__name__}: "
+        f"{_one_line(str(e))[:300]} — rerun with PSA_DEBUG=1 for the traceback and report it"
+    )
+
+
+def fail_fast_option(fn):
+    return click.option(
+        "--fail-fast",
+        is_flag=True,
+        help="Stop at the first image that fails (default: go on, list failures, exit 3).",
+    )(fn)
 
 
 def config_options(fn):
@@ -147,16 +191,19 @@ def train_cam_cmd(data, out, labels, backbone, weights, epochs, device, resume, 
 @click.option("--split", help="Split to process (default: make_cam.split, 'train').")
 @click.option("--labels", type=click.Path(exists=True, dir_okay=False))
 @click.option("--device")
+@fail_fast_option
 @config_options
 @friendly
-def make_cam_cmd(data, checkpoint, out, split, labels, device, config_path, sets):
+def make_cam_cmd(data, checkpoint, out, split, labels, device, fail_fast, config_path, sets):
     """Multi-scale + flip CAMs of the present classes, one OUT/<id>.npz per image."""
     from psa_infer.datasets import open_dataset
     from psa_train.make_cam import make_cams
 
     cfg = _config(config_path, sets, {"make_cam.split": split, "make_cam.device": device})
-    n = make_cams(open_dataset(data, labels), checkpoint, out, cfg.make_cam)
-    click.echo(f"wrote {n} CAM files to {out}")
+    stats = make_cams(
+        open_dataset(data, labels), checkpoint, out, cfg.make_cam, fail_fast=fail_fast
+    )
+    _finish(stats, "make-cam")
 
 
 @main.command("eval")
@@ -220,9 +267,10 @@ def eval_cmd(data, cams, labels_dir, split, bg_threshold, bg_sweep, json_out):
 @click.option("--out", "-o", type=click.Path(file_okay=False), required=True)
 @click.option("--split", help="Split to process (default: aff_labels.split, 'train').")
 @click.option("--no-crf", is_flag=True, help="Skip the dense CRF (faster, less accurate).")
+@fail_fast_option
 @config_options
 @friendly
-def make_aff_labels_cmd(data, cams, out, split, no_crf, config_path, sets):
+def make_aff_labels_cmd(data, cams, out, split, no_crf, fail_fast, config_path, sets):
     """Confident foreground/background regions from CAMs (low/high α + dense CRF)."""
     from psa_infer.datasets import open_dataset
     from psa_train.make_aff_labels import make_aff_labels
@@ -230,8 +278,8 @@ def make_aff_labels_cmd(data, cams, out, split, no_crf, config_path, sets):
     cfg = _config(
         config_path, sets, {"aff_labels.split": split, "aff_labels.crf": False if no_crf else None}
     )
-    n = make_aff_labels(open_dataset(data), cams, out, cfg.aff_labels)
-    click.echo(f"wrote {n} affinity-label files to {out}")
+    stats = make_aff_labels(open_dataset(data), cams, out, cfg.aff_labels, fail_fast=fail_fast)
+    _finish(stats, "make-aff-labels")
 
 
 @main.command("train-aff")
@@ -287,35 +335,35 @@ def _parse_shard(value: str | None) -> tuple[int, int]:
         if not (n >= 1 and 0 <= i < n):
             raise click.BadParameter(f"need 0 <= i < n, got {value!r}", param_hint="--shard")
         return i, n
-    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
-        return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    return 0, 1
-
-
-def _label_items(source, split, labels, classes_opt, predict, model_classes):
-    """What to label: a data set split, a folder with a labels file, or one image."""
-    from psa_infer.datasets import IMAGE_SUFFIXES, class_ids, open_dataset
-    from psa_infer.pipeline import Item
-
-    src = Path(source)
-    if src.is_file():
-        if predict:
-            return [Item(src.stem, src, None)]
-        if not classes_opt:
-            raise click.UsageError("a single image needs --classes NAME,… or --predict-classes")
-        names = [c for c in classes_opt.split(",") if c.strip()]
-        return [Item(src.stem, src, class_ids(names, tuple(model_classes), "--classes"))]
-    if predict and not labels and not (src / "JPEGImages").is_dir():
-        imgs = sorted(p for p in src.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        if not imgs:
-            raise click.UsageError(f"{src}: no images found")
-        return [Item(p.stem, p, None) for p in imgs]
-    ds = open_dataset(src, labels)
-    if list(ds.classes) != list(model_classes):
-        raise ValueError(
-            f"{src}: classes {list(ds.classes[1:])} differ from the model's {model_classes[1:]}"
+    rank, world = os.environ.get("RANK"), os.environ.get("WORLD_SIZE")
+    if rank is None and world is None:
+        return 0, 1
+    if rank is None or world is None:
+        given, other = ("RANK", "WORLD_SIZE") if world is None else ("WORLD_SIZE", "RANK")
+        raise click.UsageError(f"{given} is set but {other} is not: set both (or --shard i/n)")
+    try:
+        i, n = int(rank), int(world)
+    except ValueError:
+        i, n = -1, 0
+    if not (n >= 1 and 0 <= i < n):
+        raise click.UsageError(
+            f"RANK={rank!r} WORLD_SIZE={world!r}: expected whole numbers with 0 <= RANK < "
+            "WORLD_SIZE"
         )
-    return [Item(s.id, s.image, None if predict else s.labels) for s in ds.split(split)]
+    return i, n
+
+
+def _finish(stats: dict, what: str) -> None:
+    """Print a stage's counts as JSON on stdout; exit 3 when some images failed."""
+    click.echo(json.dumps(stats))
+    if stats.get("failed"):
+        total = stats["failed"] + stats.get("done", stats.get("labeled", 0))
+        click.echo(
+            f"Error: {stats['failed']} of {total} images failed {what} (reasons in "
+            f"{stats['failures_file']}); the others were written",
+            err=True,
+        )
+        sys.exit(EXIT_SOME_FAILED)
 
 
 @main.command("label")
@@ -390,6 +438,7 @@ def _label_items(source, split, labels, classes_opt, predict, model_classes):
     "--device",
     help="torch: auto, cpu, cuda, cuda:N; onnxruntime: auto (best provider), cpu or cuda.",
 )
+@fail_fast_option
 @config_options
 @friendly
 def label_cmd(
@@ -409,6 +458,7 @@ def label_cmd(
     walk,
     shard,
     device,
+    fail_fast,
     config_path,
     sets,
 ):
@@ -423,8 +473,12 @@ def label_cmd(
     --backend tensorrt     --model BUNDLE after `psa build-engine BUNDLE` on this machine
     The bundle backends never import torch.
     """
+    from psa_infer.datasets import resolve_source
     from psa_infer.pipeline import label_items
 
+    if classes_opt and predict_classes:
+        raise click.UsageError("give --classes or --predict-classes, not both")
+    shard_i_n = _parse_shard(shard)  # before any model is loaded
     cfg = _config(
         config_path,
         sets,
@@ -458,8 +512,13 @@ def label_cmd(
                 f"--pairs {pairs}: the bundle was exported with pairs={meta['pairs']}; "
                 "re-export it to change the walk"
             )
-        items = _label_items(
-            source, cfg.label.split, labels, classes_opt, predict_classes, meta["classes"]
+        items = resolve_source(
+            source,
+            meta["classes"],
+            cfg.label.split,
+            labels,
+            [c for c in (classes_opt or "").split(",") if c.strip()],
+            predict_classes,
         )
         stats = label_items(
             labeler,
@@ -469,12 +528,13 @@ def label_cmd(
             class_threshold=cfg.label.class_threshold,
             cam_dir=cam_dir,
             num_classes=len(meta["classes"]) - 1,
-            shard=_parse_shard(shard),
+            shard=shard_i_n,
+            fail_fast=fail_fast,
         )
     finally:
         if backend != "torch":
             opened.close()  # device memory and sessions, before the interpreter tears down
-    click.echo(json.dumps(stats))
+    _finish(stats, "to label")
 
 
 def _ort_providers(device: str) -> str | list[str]:

@@ -19,14 +19,14 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from psa_infer.bundle import META, open_bundle
 from psa_infer.cam import multiscale_cam, normalize_image, scaled_inputs
-from psa_infer.datasets import IMAGE_SUFFIXES, DataError, load_image, open_dataset
+from psa_infer.datasets import Sample, is_labeled_set, load_image, resolve_source
+from psa_infer.errors import PsaError
 from psa_infer.metrics import confusion, scores
 from psa_infer.palette import load_label_png
 from psa_infer.pipeline import Labeler, walk_scores
@@ -51,7 +51,7 @@ RAW = tuple(TOLERANCE)
 MIN_AGREEMENT = 99.9  # percent of pixels; an argmax may flip where two scores nearly tie
 
 
-class VerifyError(ValueError):
+class VerifyError(PsaError):
     """A bundle failed its parity check; ``report`` holds the numbers."""
 
     def __init__(self, message: str, report: dict) -> None:
@@ -59,14 +59,9 @@ class VerifyError(ValueError):
         self.report = report
 
 
-@dataclass(frozen=True)
-class VerifyImage:
-    """One verification image: classes None = those the torch classifier predicts."""
-
-    id: str
-    image: Path
-    classes: tuple[int, ...] | None = None
-    mask: Path | None = None
+# What the ladder runs on: a data set's samples (labels and masks) or plain images
+# (``labels`` None: the torch classifier's prediction).
+VerifyImage = Sample
 
 
 def verify_images(
@@ -74,25 +69,15 @@ def verify_images(
     classes: Sequence[str],
     split: str = "val",
     limit: int | None = 8,
-) -> list[VerifyImage]:
-    """The first ``limit`` images of ``source``: one image, a folder of images (classes
+) -> list[Sample]:
+    """The first ``limit`` images of ``source``: one image or a folder of images (classes
     predicted), or a data set (``split``, with its image-level labels and masks).
 
     ``classes`` are the bundle's class names; a data set with other classes is an error.
     """
     src = Path(source)
-    if src.is_file():
-        found = [VerifyImage(src.stem, src)]
-    elif src.is_dir() and any(p.suffix.lower() in IMAGE_SUFFIXES for p in src.iterdir()):
-        files = sorted(p for p in src.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        found = [VerifyImage(p.stem, p) for p in files]
-    else:
-        ds = open_dataset(src)
-        if list(ds.classes) != list(classes):
-            raise DataError(
-                f"{src}: classes {list(ds.classes[1:])} differ from the bundle's {classes[1:]}"
-            )
-        found = [VerifyImage(s.id, s.image, s.labels, s.mask) for s in ds.split(split)]
+    plain = src.is_file() or (src.is_dir() and not is_labeled_set(src))
+    found = resolve_source(src, tuple(classes), split, predict=plain)
     return found[:limit] if limit else found
 
 
@@ -127,13 +112,13 @@ class _Tally:
             self.with_masks += 1
 
 
-def _compare(t: Labeler, b: Labeler, item: VerifyImage, threshold: float, tally: _Tally) -> None:
+def _compare(t: Labeler, b: Labeler, item: Sample, threshold: float, tally: _Tally) -> None:
     """Every rung on one image: ``t`` the torch labeler, ``b`` the bundle's."""
     img = load_image(item.image)
     x = normalize_image(img, b.mean, b.std)[None]
     logits = t.classify(x)
     tally.raw("logits", logits, b.classify(x))
-    keys = item.classes
+    keys = item.labels
     if keys is None:
         keys = t.predict_classes(img, threshold)
         tally.class_checks += 1
@@ -153,7 +138,7 @@ def verify_bundle(
     bundle_dir: str | os.PathLike,
     cam_ckpt: str | os.PathLike,
     aff_ckpt: str | os.PathLike,
-    images: Sequence[VerifyImage],
+    images: Sequence[Sample],
     *,
     class_threshold: float = 0.5,
     tolerance: dict[str, float] | None = None,

@@ -8,14 +8,17 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import zipfile
 from pathlib import Path
 
 import numpy as np
 
+from psa_infer.errors import PsaError
 
-class ArtifactError(ValueError):
+
+class ArtifactError(PsaError):
     """An artifact file does not match its schema; the message names file, field and shape."""
 
 
@@ -30,8 +33,13 @@ def save_npz(path: str | Path, **arrays: np.ndarray) -> None:
 
 def _load(path: Path) -> dict[str, np.ndarray]:
     try:
-        with np.load(path, allow_pickle=False) as f:
+        f = np.load(path, allow_pickle=False)
+        if not isinstance(f, np.lib.npyio.NpzFile):  # a .npy (or pickle) under an .npz name
+            raise ArtifactError(f"{path}: expected an .npz archive of named arrays, got a .npy")
+        with f:
             return {k: f[k] for k in f.files}
+    except ArtifactError:
+        raise
     except FileNotFoundError:
         raise ArtifactError(f"{path}: file does not exist") from None
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
@@ -75,6 +83,24 @@ def load_cam(
     if not np.isfinite(cam).all():
         raise ArtifactError(f"{path}: 'cam' contains NaN or infinity")
     return cam, keys.astype(np.int64)
+
+
+def check_keys(path: str | Path, keys: np.ndarray, labels) -> None:
+    """A CAM file's ``keys`` must be the image's own labels (``None``: nothing to check)."""
+    if labels is not None and tuple(int(k) for k in keys) != tuple(sorted(labels)):
+        raise ArtifactError(
+            f"{path}: CAMs of class ids {[int(k) for k in keys]}, but the image is labeled "
+            f"{sorted(labels)} — made from other labels or another data set; re-run make-cam"
+        )
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks (checkpoints, weights, bundles, engines)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def save_aff_scores(path: str | Path, la: np.ndarray, ha: np.ndarray, keys: np.ndarray) -> None:

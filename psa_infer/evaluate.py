@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-from psa_infer.artifacts import load_cam
+from psa_infer.artifacts import check_keys, load_cam
 from psa_infer.cam import cam_prediction
-from psa_infer.datasets import DataError, DataSet, Sample
+from psa_infer.datasets import DataError, DataSet, Sample, output_path
 from psa_infer.metrics import confusion, scores
 from psa_infer.palette import load_label_png
 
@@ -25,6 +25,18 @@ def _with_masks(dataset: DataSet, split: str) -> list[Sample]:
     return samples
 
 
+def _ground_truth(s: Sample, num_labels: int) -> np.ndarray:
+    """The mask of ``s`` as class ids, each in 0..num_labels-1 or 255 (else a DataError)."""
+    gt = load_label_png(s.mask)
+    bad = np.unique(gt[(gt >= num_labels) & (gt != 255)])
+    if bad.size:
+        raise DataError(
+            f"{s.mask}: ground-truth class id {int(bad[0])} outside 0..{num_labels - 1} "
+            "(255 = ignore)"
+        )
+    return gt
+
+
 def evaluate_cams(
     dataset: DataSet, cam_dir: str | Path, split: str, thresholds: Sequence[float]
 ) -> list[dict]:
@@ -33,8 +45,10 @@ def evaluate_cams(
     n = len(dataset.classes)
     confs = [np.zeros((n, n), np.int64) for _ in thresholds]
     for s in _with_masks(dataset, split):
-        gt = load_label_png(s.mask)
-        cam, keys = load_cam(cam_dir / f"{s.id}.npz", dataset.num_classes, gt.shape)
+        gt = _ground_truth(s, n)
+        cam_path = output_path(cam_dir, s.id, ".npz")
+        cam, keys = load_cam(cam_path, dataset.num_classes, gt.shape)
+        check_keys(cam_path, keys, s.labels)
         for i, t in enumerate(thresholds):
             confs[i] += confusion(gt, cam_prediction(cam, keys, t), n)
     out = []
@@ -49,8 +63,8 @@ def evaluate_labels(dataset: DataSet, label_dir: str | Path, split: str) -> dict
     n = len(dataset.classes)
     conf = np.zeros((n, n), np.int64)
     for s in _with_masks(dataset, split):
-        gt = load_label_png(s.mask)
-        path = label_dir / f"{s.id}.png"
+        gt = _ground_truth(s, n)
+        path = output_path(label_dir, s.id, ".png")
         if not path.exists():
             raise DataError(f"{path}: no predicted label for '{s.id}'")
         pred = load_label_png(path)

@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from psa_infer.errors import PsaError
+
 IGNORE = 255
 
 
@@ -56,9 +58,9 @@ def load_label_png(path: str | os.PathLike) -> np.ndarray:
         img = Image.open(path)
         img.load()
     except (OSError, ValueError) as e:
-        raise ValueError(f"{path}: not a readable label PNG ({e})") from None
+        raise PsaError(f"{path}: not a readable label PNG ({e})") from None
     if img.mode not in ("P", "L"):
-        raise ValueError(
+        raise PsaError(
             f"{path}: expected a palette (P) or greyscale (L) PNG of class ids, got mode {img.mode}"
         )
     return np.array(img, dtype=np.uint8)

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from psa_infer.cam import STRIDE, TILE, TILE_MARGIN, forward_tiled, multiscale_cam, normalize_image
+from psa_infer.datasets import Sample
+from psa_infer.errors import PsaError
 from psa_infer.ops import avg_pool, pad_to_multiple, resize_bilinear, scores_with_background
 from psa_infer.randomwalk import pair_affinity, random_walk
 
@@ -130,7 +132,7 @@ class Labeler:
     def predict_classes(self, img: np.ndarray, threshold: float) -> tuple[int, ...]:
         """Classes whose sigmoid(logit) exceeds ``threshold`` (for untagged images)."""
         if self.classify is None:
-            raise ValueError("this backend cannot predict classes (no classifier output)")
+            raise PsaError("this backend cannot predict classes (no classifier output)")
         logits = self.classify(normalize_image(img, self.mean, self.std)[None])[0]
         prob = 1 / (1 + np.exp(-logits))
         return tuple(int(c) + 1 for c in np.flatnonzero(prob > threshold))
@@ -193,18 +195,9 @@ class Labeler:
             return scores_to_label(scores, keys, (h, w))
 
 
-@dataclass(frozen=True)
-class Item:
-    """One image to label: an id (output name), its path and its classes (None = predict)."""
-
-    id: str
-    image: object  # Path
-    classes: tuple[int, ...] | None
-
-
 def label_items(
     labeler: Labeler,
-    items: Sequence[Item],
+    items: Sequence[Sample],
     out_dir,
     crf: bool = False,
     class_threshold: float = 0.5,
@@ -212,42 +205,47 @@ def label_items(
     progress: bool = True,
     num_classes: int | None = None,
     shard: tuple[int, int] = (0, 1),
+    fail_fast: bool = False,
 ) -> dict:
-    """Label every item into ``out_dir/<id>.png``; images already written are skipped.
+    """Label every sample into ``out_dir/<id>.png``; images already written are skipped.
 
-    ``shard = (i, n)`` keeps every n-th item starting at i, so n processes never collide.
-    Returns counts and seconds per image.
+    ``Sample.labels`` None: the classes are predicted (``class_threshold``). ``shard = (i,
+    n)`` keeps every n-th item starting at i, so n processes never collide. An image that
+    fails with a user error is listed in ``out_dir/failures.jsonl`` and the others go on
+    (``psa_infer.runs``). Returns counts (labeled, skipped, failed) and seconds per image.
     """
-    import time
     from pathlib import Path
 
-    from tqdm import tqdm
-
     from psa_infer.artifacts import load_cam
-    from psa_infer.datasets import load_image
+    from psa_infer.datasets import load_image, output_path
     from psa_infer.palette import save_label_png
+    from psa_infer.runs import FAILURES, run_items
 
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     i, n = shard
     mine = list(items)[i::n]
-    done = skipped = 0
-    t0 = time.perf_counter()
-    for it in tqdm(mine, desc="label", disable=not progress):
-        path = out_dir / f"{it.id}.png"
-        if path.exists():
-            skipped += 1
-            continue
-        img = load_image(it.image)
-        classes = it.classes
+
+    def work(s: Sample) -> None:
+        img = load_image(s.image)
+        classes = s.labels
         if classes is None:
             classes = labeler.predict_classes(img, class_threshold)
         cams = None
-        if cam_dir is not None and (Path(cam_dir) / f"{it.id}.npz").exists():
-            cams, keys = load_cam(Path(cam_dir) / f"{it.id}.npz", num_classes, img.shape[:2])
+        if cam_dir is not None and (Path(cam_dir) / f"{s.id}.npz").exists():
+            cams, keys = load_cam(Path(cam_dir) / f"{s.id}.npz", num_classes, img.shape[:2])
             if tuple(keys.tolist()) != tuple(sorted(classes)):
                 cams = None  # saved for other classes: recompute
-        save_label_png(path, labeler.label(img, classes, cams=cams, crf=crf))
-        done += 1
-    dt = time.perf_counter() - t0
-    return {"labeled": done, "skipped": skipped, "seconds_per_image": dt / max(done, 1)}
+        save_label_png(output_path(out_dir, s.id, ".png"), labeler.label(img, classes, cams, crf))
+
+    failures = FAILURES if n == 1 else f"failures.{i}of{n}.jsonl"
+    stats = run_items(
+        mine,
+        out_dir,
+        lambda s: output_path(out_dir, s.id, ".png").exists(),
+        work,
+        desc="label",
+        fail_fast=fail_fast,
+        progress=progress,
+        failures_name=failures,
+    )
+    return {"labeled": stats.pop("done"), **stats}

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import click
 
+from psa_infer.errors import PsaError
 from psa_train.config import load_config, save_config
 
 DEMO_RECIPE = Path(__file__).resolve().parent.parent / "configs" / "synthetic_demo.yaml"
@@ -56,10 +57,11 @@ def run_demo(
     make-synthetic → train-cam → make-cam → make-aff-labels → train-aff → label → eval.
     Every stage skips work whose output already exists, so a re-run resumes.
     """
+    from psa_infer.bundle import open_bundle
     from psa_infer.datasets import open_dataset
     from psa_infer.evaluate import evaluate_cams, evaluate_labels
     from psa_infer.metrics import format_table
-    from psa_infer.pipeline import Item, label_items
+    from psa_infer.pipeline import label_items
     from psa_train.label import torch_labeler
     from psa_train.make_aff_labels import make_aff_labels
     from psa_train.make_cam import make_cams
@@ -68,7 +70,7 @@ def run_demo(
     from psa_train.train_cam import train_cam
 
     if config_path is None and not DEMO_RECIPE.exists():
-        raise ValueError(f"{DEMO_RECIPE}: demo recipe missing (is the project checked out?)")
+        raise PsaError(f"{DEMO_RECIPE}: demo recipe missing (is the project checked out?)")
     cfg = load_config(config_path or DEMO_RECIPE, sets)
     n = num_images or cfg.demo.num_images
     out.mkdir(parents=True, exist_ok=True)
@@ -95,10 +97,10 @@ def run_demo(
 
     with timer.stage("make-cam"):
         for split in (cfg.make_cam.split, cfg.eval.split):
-            make_cams(ds, ckpt, out / "cams", _replace(cfg.make_cam, split=split))
+            make_cams(ds, ckpt, out / "cams", _replace(cfg.make_cam, split=split), fail_fast=True)
 
     with timer.stage("make-aff-labels"):
-        make_aff_labels(ds, out / "cams", out / "aff_labels", cfg.aff_labels)
+        make_aff_labels(ds, out / "cams", out / "aff_labels", cfg.aff_labels, fail_fast=True)
 
     with timer.stage("train-aff"):
         aff_ckpt = out / "aff" / "aff.safetensors"
@@ -109,10 +111,15 @@ def run_demo(
             )
 
     labeler, _ = torch_labeler(ckpt, aff_ckpt, cfg.label, cfg.make_cam)
-    items = [Item(s.id, s.image, s.labels) for s in ds.split(cfg.eval.split)]
+    items = ds.split(cfg.eval.split)
     with timer.stage("label (random walk)"):
         label_items(
-            labeler, items, out / "labels", cam_dir=out / "cams", num_classes=ds.num_classes
+            labeler,
+            items,
+            out / "labels",
+            cam_dir=out / "cams",
+            num_classes=ds.num_classes,
+            fail_fast=True,
         )
     with timer.stage("label (random walk + CRF)"):
         label_items(
@@ -122,6 +129,7 @@ def run_demo(
             crf=True,
             cam_dir=out / "cams",
             num_classes=ds.num_classes,
+            fail_fast=True,
         )
 
     with timer.stage("export bundle"):
@@ -133,10 +141,9 @@ def run_demo(
                 ckpt, aff_ckpt, bundle, cfg.label, cfg.make_cam, aff_labels_cfg=cfg.aff_labels
             )
     with timer.stage("label (onnxruntime, torch-free)"):
-        from psa_infer.bundle import bundle_labeler
-
         # The deployable path end to end: CAMs from cam.onnx, features from aff.onnx.
-        ort_stats = label_items(bundle_labeler(bundle), items, out / "labels_ort")
+        with open_bundle(bundle) as opened:
+            ort_stats = label_items(opened.labeler, items, out / "labels_ort", fail_fast=True)
 
     with timer.stage("eval"):
         rw = evaluate_labels(ds, out / "labels", cfg.eval.split)

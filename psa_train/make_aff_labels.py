@@ -14,12 +14,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
-from psa_infer.artifacts import load_cam, save_aff_scores
-from psa_infer.datasets import DataSet, load_image
+from psa_infer.artifacts import check_keys, load_cam, save_aff_scores
+from psa_infer.datasets import DataSet, load_image, output_path
 from psa_infer.ops import scores_with_background
 from psa_infer.palette import save_label_png
+from psa_infer.runs import run_items
 from psa_train.config import AffLabelsConfig, save_config
 
 
@@ -51,21 +51,34 @@ def make_aff_labels(
     out: str | Path,
     cfg: AffLabelsConfig,
     progress: bool = True,
-) -> int:
-    """Write la/ha score files for ``cfg.split``; returns how many were computed (not skipped)."""
+    fail_fast: bool = False,
+) -> dict:
+    """Write la/ha score files for ``cfg.split``; returns the counts of
+    ``psa_infer.runs.run_items`` (done, skipped, failed)."""
     cam_dir, out = Path(cam_dir), Path(out)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
-    done = 0
-    for s in tqdm(dataset.split(cfg.split), desc="make-aff-labels", disable=not progress):
-        path = out / f"{s.id}.npz"
-        if path.exists():
-            continue
+
+    def outputs(s) -> tuple[Path, Path]:
+        return output_path(out, s.id, ".npz"), output_path(out / "preview", s.id, ".png")
+
+    def work(s) -> None:
         img = load_image(s.image)
-        cam, keys = load_cam(cam_dir / f"{s.id}.npz", dataset.num_classes, img.shape[:2])
+        cam_path = output_path(cam_dir, s.id, ".npz")
+        cam, keys = load_cam(cam_path, dataset.num_classes, img.shape[:2])
+        check_keys(cam_path, keys, s.labels)
         la = crf_scores(img, cam, cfg.low_alpha, cfg)
         ha = crf_scores(img, cam, cfg.high_alpha, cfg)
-        save_aff_scores(path, la, ha, keys)
-        save_label_png(out / "preview" / f"{s.id}.png", confident_preview(la, ha, keys))
-        done += 1
-    return done
+        scores_path, preview_path = outputs(s)
+        save_aff_scores(scores_path, la, ha, keys)
+        save_label_png(preview_path, confident_preview(la, ha, keys))
+
+    return run_items(
+        dataset.split(cfg.split),
+        out,
+        lambda s: all(p.exists() for p in outputs(s)),
+        work,
+        desc="make-aff-labels",
+        fail_fast=fail_fast,
+        progress=progress,
+    )

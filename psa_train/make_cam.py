@@ -10,11 +10,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from psa_infer.artifacts import save_cam
 from psa_infer.cam import multiscale_cam
-from psa_infer.datasets import DataSet, load_image
+from psa_infer.datasets import DataSet, load_image, output_path
+from psa_infer.errors import PsaError
+from psa_infer.runs import run_items
 from psa_train.common import start_stage
 from psa_train.config import MakeCamConfig
 
@@ -35,32 +36,39 @@ def make_cams(
     out: str | Path,
     cfg: MakeCamConfig,
     progress: bool = True,
-) -> int:
-    """Write CAMs of ``cfg.split``; returns the number of images computed (not skipped)."""
+    fail_fast: bool = False,
+) -> dict:
+    """Write CAMs of ``cfg.split``; returns the counts of ``psa_infer.runs.run_items``
+    (done, skipped, failed — failures listed in ``out/failures.jsonl``)."""
     from psa_train.train_cam import load_cam_model
 
     out, device = start_stage(out, cfg)
     model, meta = load_cam_model(checkpoint, device)
     check_classes(meta["classes"], dataset, checkpoint)
     forward = torch_cam_forward(model, device)
-    done = 0
-    for s in tqdm(dataset.split(cfg.split), desc="make-cam", disable=not progress):
-        path = out / f"{s.id}.npz"
-        if path.exists():
-            continue
+
+    def work(s) -> None:
         img = load_image(s.image)
         cam = multiscale_cam(
             forward, img, s.labels, cfg.scales, meta["mean"], meta["std"], cfg.flip
         )
-        save_cam(path, cam, np.asarray(s.labels, np.int64))
-        done += 1
-    return done
+        save_cam(output_path(out, s.id, ".npz"), cam, np.asarray(s.labels, np.int64))
+
+    return run_items(
+        dataset.split(cfg.split),
+        out,
+        lambda s: output_path(out, s.id, ".npz").exists(),
+        work,
+        desc="make-cam",
+        fail_fast=fail_fast,
+        progress=progress,
+    )
 
 
 def check_classes(classes: list[str], dataset: DataSet, checkpoint) -> None:
     """A checkpoint trained on other classes than the data set's is refused with a message."""
     if list(classes) != list(dataset.classes):
-        raise ValueError(
+        raise PsaError(
             f"{checkpoint}: trained on classes {classes[1:]}, but the data set "
             f"{dataset.root} has {list(dataset.classes[1:])}"
         )

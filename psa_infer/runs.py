@@ -1,0 +1,81 @@
+"""One loop for the stages that write a file per image (label, make-cam, make-aff-labels).
+
+Each image is either already done (its files exist: skipped, so a re-run resumes), done now,
+or failed with a user error (a corrupt file, an image over the pixel limit, a CAM file of
+another image). A failure does not stop the others: it is reported on stderr as it happens
+and listed in ``<out>/failures.jsonl`` (``{"id", "image", "error"}`` per line), and the
+returned counts say how many failed, so the CLI can exit with a status that says so.
+``fail_fast`` stops at the first failure instead. An exception that is not a ``PsaError`` is
+a bug and stops the run at once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from psa_infer.datasets import Sample
+from psa_infer.errors import PsaError
+from psa_infer.palette import atomic_path
+
+FAILURES = "failures.jsonl"
+
+
+def run_items(
+    samples: Sequence[Sample],
+    out_dir: str | os.PathLike,
+    is_done: Callable[[Sample], bool],
+    work: Callable[[Sample], None],
+    *,
+    desc: str,
+    fail_fast: bool = False,
+    progress: bool = True,
+    failures_name: str = FAILURES,
+) -> dict:
+    """Run ``work`` on every sample that ``is_done`` does not report finished.
+
+    Returns ``{"done", "skipped", "failed", "failures_file", "seconds", "seconds_per_image"}``;
+    ``failures_file`` is the path of ``failures_name`` in ``out_dir`` when something failed,
+    else None (and an older failures file from an earlier run is removed). Processes that
+    share ``out_dir`` (shards) each need a ``failures_name`` of their own.
+    """
+    from tqdm import tqdm
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    done = skipped = 0
+    failures: list[dict] = []
+    t0 = time.perf_counter()
+    for s in tqdm(samples, desc=desc, disable=not progress, file=sys.stderr):
+        if is_done(s):
+            skipped += 1
+            continue
+        try:
+            work(s)
+        except PsaError as e:
+            if fail_fast:
+                raise
+            failures.append({"id": s.id, "image": str(s.image), "error": str(e)})
+            tqdm.write(f"{desc}: {s.id} failed: {e}", file=sys.stderr)
+            continue
+        done += 1
+    seconds = time.perf_counter() - t0
+    path = out_dir / failures_name
+    if failures:
+        tmp = atomic_path(path)
+        tmp.write_text("".join(json.dumps(f) + "\n" for f in failures), encoding="utf-8")
+        os.replace(tmp, path)
+    elif path.exists():
+        path.unlink()
+    return {
+        "done": done,
+        "skipped": skipped,
+        "failed": len(failures),
+        "failures_file": str(path) if failures else None,
+        "seconds": seconds,
+        "seconds_per_image": seconds / max(done, 1),
+    }
