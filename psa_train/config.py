@@ -1,30 +1,242 @@
 """Configuration as data: one frozen dataclass per stage, filled from defaults → YAML → --set.
 
 A recipe YAML has one section per stage (``train_cam:``, ``make_cam:``, …). Unknown sections or
-keys and values of the wrong type are errors that name the key. The resolved configuration is
-written next to every run's output (``config.yaml``) so a run can be repeated exactly.
+keys, values of the wrong type and values outside a field's range are errors that name the key.
+Every stage class declares a ``ranges`` entry for each of its fields; the values are checked
+whenever a stage config is built (defaults, YAML, ``--set``, ``dataclasses.replace``, a
+checkpoint's saved config), so a bad value fails before any work starts. The resolved
+configuration is written next to every run's output (``config.yaml``) so a run can be repeated
+exactly.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
+import operator
+import re
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import yaml
 
+from psa_infer.cam import STRIDE  # the networks' output stride: CAMs and features at 1/8
+from psa_infer.errors import PsaError
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# The keys of psa_train.backbones.BACKBONES, kept here so that this module needs no torch
+# (a test checks that the two agree).
+BACKBONE_NAMES = ("tiny", "mobilenet_v2", "mobilenet_v2_d12", "resnet38")
 
 
-class ConfigError(ValueError):
-    """A configuration value is unknown or of the wrong type; the message names the key."""
+class ConfigError(PsaError):
+    """A configuration value is unknown, of the wrong type or out of range; the message names
+    the key."""
+
+
+# --- What a value may be: one small check per field, all applied in _Stage.__post_init__ ---
+
+
+def _show(v) -> str:
+    """A value as the user wrote it: lists for tuples (YAML), repr for strings."""
+    if isinstance(v, (tuple, list)):
+        return "[" + ", ".join(_show(x) for x in v) + "]"
+    return repr(v)
+
+
+class Check:
+    """One field's allowed values. ``text`` completes "expected …" in the error message."""
+
+    text = "a value"
+
+    def accepts(self, v) -> bool:
+        raise NotImplementedError
+
+    def check(self, key: str, v) -> None:
+        if not self.accepts(v):
+            raise ConfigError(f"{key}: expected {self.text}, got {_show(v)}")
 
 
 @dataclass(frozen=True)
-class TrainCamConfig:
+class Int(Check):
+    """An integer in lo..hi (no upper bound when ``hi`` is None), a multiple of ``multiple_of``."""
+
+    lo: int
+    hi: int | None = None
+    multiple_of: int = 1
+
+    @property
+    def text(self) -> str:
+        what = "an integer" if self.multiple_of == 1 else f"a multiple of {self.multiple_of}"
+        return f"{what} in {self.lo}..{self.hi}" if self.hi is not None else f"{what} >= {self.lo}"
+
+    def accepts(self, v) -> bool:
+        return (
+            isinstance(v, int)
+            and not isinstance(v, bool)
+            and v >= self.lo
+            and (self.hi is None or v <= self.hi)
+            and v % self.multiple_of == 0
+        )
+
+
+@dataclass(frozen=True)
+class Real(Check):
+    """A finite number (never NaN or ±inf) within the bounds given: > gt, >= ge, < lt, <= le."""
+
+    gt: float | None = None
+    ge: float | None = None
+    lt: float | None = None
+    le: float | None = None
+
+    def _bounds(self) -> list[tuple[str, float]]:
+        pairs = ((">", self.gt), (">=", self.ge), ("<", self.lt), ("<=", self.le))
+        return [(op, b) for op, b in pairs if b is not None]
+
+    @property
+    def text(self) -> str:
+        return " and ".join(["a finite number", *(f"{op} {b:g}" for op, b in self._bounds())])
+
+    def accepts(self, v) -> bool:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            return False
+        return all(_COMPARE[op](v, b) for op, b in self._bounds())
+
+
+_COMPARE = {">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operator.le}
+
+
+@dataclass(frozen=True)
+class OneOf(Check):
+    choices: tuple[str, ...]
+
+    @property
+    def text(self) -> str:
+        return "one of " + ", ".join(self.choices)
+
+    def accepts(self, v) -> bool:
+        return isinstance(v, str) and v in self.choices
+
+
+@dataclass(frozen=True)
+class Pattern(Check):
+    """A string matching ``regex`` as a whole; ``text`` says it in words."""
+
+    regex: str
+    text: str
+
+    def accepts(self, v) -> bool:
+        return isinstance(v, str) and re.fullmatch(self.regex, v) is not None
+
+
+class Bool(Check):
+    text = "true or false"
+
+    def accepts(self, v) -> bool:
+        return isinstance(v, bool)
+
+
+@dataclass(frozen=True)
+class Maybe(Check):
+    """null, or a value that passes ``inner``."""
+
+    inner: Check
+
+    def check(self, key: str, v) -> None:
+        if v is not None:
+            self.inner.check(key, v)
+
+
+@dataclass(frozen=True)
+class Each(Check):
+    """A list whose every item passes ``item`` (the key names the item: ``key[i]``)."""
+
+    item: Check
+    nonempty: bool = False
+    distinct: bool = False
+    ascending: bool = False  # each item >= the one before
+
+    def check(self, key: str, v) -> None:
+        if not isinstance(v, (tuple, list)):
+            raise ConfigError(f"{key}: expected a list, got {_show(v)}")
+        if self.nonempty and not v:
+            raise ConfigError(f"{key}: expected at least one value, got []")
+        for i, x in enumerate(v):
+            self.item.check(f"{key}[{i}]", x)
+        if self.distinct and len(set(v)) != len(v):
+            twice = next(x for i, x in enumerate(v) if x in v[:i])
+            raise ConfigError(f"{key}: expected distinct values, got {_show(v)} ({twice!r} twice)")
+        if self.ascending and any(v[i] < v[i - 1] for i in range(1, len(v))):
+            raise ConfigError(f"{key}: expected the smaller value first, got {_show(v)}")
+
+
+@dataclass(frozen=True)
+class Items(Check):
+    """A list of len(items) values, the i-th passing items[i] (the key names it: ``key[i]``)."""
+
+    items: tuple[Check, ...]
+
+    def check(self, key: str, v) -> None:
+        if not isinstance(v, (tuple, list)) or len(v) != len(self.items):
+            raise ConfigError(f"{key}: expected a list of {len(self.items)} values, got {_show(v)}")
+        for i, (c, x) in enumerate(zip(self.items, v, strict=True)):
+            c.check(f"{key}[{i}]", x)
+
+
+BOOL = Bool()
+NAME = Pattern(r"\S(.*\S)?", "a non-empty name")  # split names
+UNIT = Real(ge=0, le=1)
+POSITIVE = Real(gt=0)
+DEVICE = Pattern(r"auto|cpu|cuda(:\d+)?", "auto, cpu, cuda or cuda:N")
+PAIRS = OneOf(("psa", "full"))
+# The pair radius on the stride-8 grid. 1 has no pairs at all: AffinityNet would learn nothing
+# and the walk would leave the CAMs as they are. 10 (152 pairs per node, 4.5x the reference's
+# 34 at radius 5) bounds the walk's O(K·N) memory; a radius of 80+ pixels reaches past most
+# objects anyway.
+RADIUS = Int(2, 10)
+
+# The fields both training stages share, with the same meaning and the same range.
+_TRAINING: dict[str, Check] = {
+    "backbone": OneOf(BACKBONE_NAMES),
+    "weights": Maybe(Pattern(NAME.regex, "'default' or a weights file")),  # null: random init
+    "epochs": Int(1),  # 0 would write an untrained checkpoint
+    "batch_size": Int(1),
+    "lr": POSITIVE,
+    # Below 1 because with reference_momentum_quirk it is also SGD's momentum.
+    "weight_decay": Real(ge=0, lt=1),
+    "poly_power": Real(ge=0),  # 0 = constant learning rate
+    "reference_momentum_quirk": BOOL,
+    "momentum": Real(ge=0, lt=1),  # at 1 the velocity never decays and training diverges
+    "hflip": BOOL,
+    # (brightness, contrast, saturation, hue): the first three draw factors in [1 - v, 1 + v],
+    # which must stay >= 0; hue shifts by up to ±v of the colour wheel, so 0.5 is all of it.
+    "color_jitter": Items((UNIT, UNIT, UNIT, Real(ge=0, le=0.5))),
+    "train_split": NAME,
+    "num_workers": Int(0),
+    # The loader's generator gets seed * 1000 + epoch, which must fit torch's 64 bits.
+    "seed": Int(0, 2**32 - 1),
+    "device": DEVICE,
+}
+
+
+class _Stage:
+    """Base of the stage configs: ``section`` is its key in a recipe, ``ranges`` has one check
+    per field; every value is checked whenever an instance is built."""
+
+    section: ClassVar[str]
+    ranges: ClassVar[dict[str, Check]]
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            self.ranges[f.name].check(f"{self.section}.{f.name}", getattr(self, f.name))
+
+
+@dataclass(frozen=True)
+class TrainCamConfig(_Stage):
     """The CAM classifier recipe (SPEC §1); defaults are the reference's."""
 
     backbone: str = "resnet38"
@@ -51,9 +263,19 @@ class TrainCamConfig:
     seed: int = 0
     device: str = "auto"
 
+    section: ClassVar[str] = "train_cam"
+    ranges: ClassVar[dict[str, Check]] = {
+        **_TRAINING,
+        "crop": Int(STRIDE),  # at least one cell of the CAM grid
+        "resize_long": Each(Int(1), ascending=True),  # (low, high) of the random long side
+        "mean": Each(UNIT),  # of pixel values scaled to [0, 1]
+        "std": Each(POSITIVE),
+        "val_split": NAME,
+    }
+
 
 @dataclass(frozen=True)
-class MakeCamConfig:
+class MakeCamConfig(_Stage):
     """Multi-scale + flip CAM inference (SPEC §2)."""
 
     scales: tuple[float, ...] = (1.0, 0.5, 1.5, 2.0)
@@ -61,9 +283,20 @@ class MakeCamConfig:
     split: str = "train"
     device: str = "auto"
 
+    section: ClassVar[str] = "make_cam"
+    ranges: ClassVar[dict[str, Check]] = {
+        # Up to 4: twice the reference's largest (2.0). A scale-s input has s² the pixels and
+        # memory of the image (16x at 4), and CAMs of inputs that far above the training crops
+        # stop adding detail. A repeated scale would only weigh that scale twice.
+        "scales": Each(Real(gt=0, le=4), nonempty=True, distinct=True),
+        "flip": BOOL,
+        "split": NAME,
+        "device": DEVICE,
+    }
+
 
 @dataclass(frozen=True)
-class AffLabelsConfig:
+class AffLabelsConfig(_Stage):
     """Confident regions for AffinityNet from the CAMs with a dense CRF (SPEC §2–3)."""
 
     low_alpha: float = 4.0  # "la": strong background competitor → confident foreground
@@ -74,9 +307,31 @@ class AffLabelsConfig:
     crf_bilateral_sxy: float = 80.0
     split: str = "train"
 
+    section: ClassVar[str] = "aff_labels"
+    ranges: ClassVar[dict[str, Check]] = {
+        "low_alpha": POSITIVE,
+        "high_alpha": POSITIVE,
+        "crf": BOOL,
+        # 0 would run no mean-field step (turn the CRF off with crf: false instead); the mean
+        # field settles within ~10 (the reference's), so 100 only stops a typo's endless run.
+        "crf_iterations": Int(1, 100),
+        "crf_bilateral_sxy": POSITIVE,
+        "split": NAME,
+    }
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        # The background score is (1 - max CAM)^alpha: the low alpha must give the stronger
+        # background, or "confident foreground" and "confident background" swap places.
+        if not self.low_alpha < self.high_alpha:
+            raise ConfigError(
+                f"aff_labels.low_alpha, aff_labels.high_alpha: expected low_alpha < high_alpha, "
+                f"got {self.low_alpha:g} and {self.high_alpha:g}"
+            )
+
 
 @dataclass(frozen=True)
-class TrainAffConfig:
+class TrainAffConfig(_Stage):
     """The AffinityNet recipe (SPEC §4); defaults are the reference's."""
 
     backbone: str = "resnet38"
@@ -104,9 +359,33 @@ class TrainAffConfig:
     seed: int = 0
     device: str = "auto"
 
+    section: ClassVar[str] = "train_aff"
+    ranges: ClassVar[dict[str, Check]] = {
+        **_TRAINING,
+        # The pair labels are taken on the stride-8 grid of the crop, so it must tile it.
+        "crop": Int(STRIDE, multiple_of=STRIDE),
+        "radius": RADIUS,
+        "pairs": PAIRS,
+        "freeze_backbone": BOOL,
+        "widths": Maybe(Each(Int(1))),
+    }
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        # The crop's grid must hold at least one pair, or every batch has no labels and the
+        # loss is 0. "full" needs two cells side by side; "psa" starts pairs only in columns
+        # r-1 … g-r of a g-cell grid (SPEC §3.1), which needs g >= 2r - 1.
+        cells = 2 if self.pairs == "full" else 2 * self.radius - 1
+        if self.crop < cells * STRIDE:
+            raise ConfigError(
+                f"train_aff.crop, train_aff.radius: a {self.crop}-px crop holds no pairs of "
+                f"radius {self.radius} (train_aff.pairs: {self.pairs}); expected a crop >= "
+                f"{cells * STRIDE}"
+            )
+
 
 @dataclass(frozen=True)
-class LabelConfig:
+class LabelConfig(_Stage):
     """Random-walk pseudo labels (SPEC §5)."""
 
     alpha: float = 16.0
@@ -119,23 +398,54 @@ class LabelConfig:
     class_threshold: float = 0.5  # for --predict-classes: sigmoid(logit) above this
     device: str = "auto"
 
+    section: ClassVar[str] = "label"
+    ranges: ClassVar[dict[str, Check]] = {
+        "alpha": POSITIVE,
+        "beta": POSITIVE,
+        # Up to 2**12 = 4096 steps, 16x the reference's 256: the walk has long converged, and
+        # each step costs a pass over all pairs (logt 40 would be 10^12 passes: a hang).
+        "logt": Int(0, 12),
+        "radius": RADIUS,
+        "pairs": PAIRS,
+        "crf": BOOL,
+        "split": NAME,
+        # A probability compared with ">": 1 predicts no class at all (every pixel background),
+        # a tested edge case; 0 would predict every class.
+        "class_threshold": Real(gt=0, le=1),
+        "device": DEVICE,
+    }
+
 
 @dataclass(frozen=True)
-class EvalConfig:
+class EvalConfig(_Stage):
     """CAM evaluation: a constant background score competes with the normalised CAMs."""
 
     bg_threshold: float = 0.2
     split: str = "val"
 
+    section: ClassVar[str] = "eval"
+    ranges: ClassVar[dict[str, Check]] = {
+        "bg_threshold": UNIT,  # the CAMs are normalised to [0, 1]
+        "split": NAME,
+    }
+
 
 @dataclass(frozen=True)
-class DemoConfig:
+class DemoConfig(_Stage):
     """The synthetic data set that ``psa demo`` generates."""
 
     num_images: int = 400
     size: int = 160
     num_classes: int = 6
     bg_sweep: bool = True
+
+    section: ClassVar[str] = "demo"
+    ranges: ClassVar[dict[str, Check]] = {
+        "num_images": Int(8),  # as psa demo --num-images
+        "size": Int(64),  # the generator's smallest image
+        "num_classes": Int(1, 20),  # the generator has 20 class names
+        "bg_sweep": BOOL,
+    }
 
 
 @dataclass(frozen=True)
@@ -225,7 +535,11 @@ def parse_set(item: str) -> tuple[str, object]:
 
 
 def load_config(path: str | Path | None = None, sets: list[str] | tuple[str, ...] = ()) -> Config:
-    """Defaults, then the YAML recipe at ``path``, then each ``key=value`` of ``sets``."""
+    """Defaults, then the YAML recipe at ``path``, then each ``key=value`` of ``sets``.
+
+    The sets are applied together (a later one for the same key wins), so that values checked
+    against each other (``aff_labels.low_alpha < high_alpha``) can be changed in one call.
+    """
     cfg = Config()
     if path is not None:
         path = Path(path)
@@ -239,16 +553,17 @@ def load_config(path: str | Path | None = None, sets: list[str] | tuple[str, ...
             cfg = _update(cfg, data, "")
         except ConfigError as e:
             raise ConfigError(f"{path}: {e}") from None
+    nested: dict = {}
     for item in sets:
         key, value = parse_set(item)
-        nested: dict = {}
         cur = nested
         parts = key.split(".")
-        for p in parts[:-1]:
+        for i, p in enumerate(parts[:-1]):
             cur = cur.setdefault(p, {})
+            if not isinstance(cur, dict):
+                raise ConfigError(f"--set {item}: {'.'.join(parts[: i + 1])} is not a section")
         cur[parts[-1]] = value
-        cfg = _update(cfg, nested, "")
-    return cfg
+    return _update(cfg, nested, "") if nested else cfg
 
 
 def to_dict(obj) -> dict:
@@ -269,6 +584,12 @@ def save_config(obj, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(to_dict(obj), sort_keys=False))
 
 
-def stage_from_dict(cls, data: dict):
-    """Rebuild a stage dataclass from saved YAML data (e.g. a checkpoint's sidecar)."""
-    return _update(cls(), data, cls.__name__)
+def stage_from_dict(cls, data: dict, source: str | Path | None = None):
+    """Rebuild a stage dataclass from saved YAML data (e.g. a checkpoint's sidecar); errors
+    name ``source`` (the file the data came from) when given."""
+    try:
+        return _update(cls(), data, cls.section)
+    except ConfigError as e:
+        if source is None:
+            raise
+        raise ConfigError(f"{source}: {e}") from None
