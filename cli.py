@@ -40,9 +40,11 @@ def friendly(fn):
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        from psa_infer.datasets import max_pixels
         from psa_infer.errors import PsaError, missing_module_message
 
         try:
+            max_pixels()  # environment settings first, before any work
             return fn(*args, **kwargs)
         except (click.ClickException, click.exceptions.Exit, click.Abort, KeyboardInterrupt):
             raise

@@ -53,7 +53,7 @@ VOC_CLASSES = (
     "tvmonitor",
 )
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
 
 
 class DataError(PsaError):
@@ -437,7 +437,7 @@ def max_pixels() -> int:
     except ValueError:
         value = 0
     if value < 1:
-        raise DataError(f"PSA_MAX_PIXELS: expected a whole number of pixels >= 1, got {raw!r}")
+        raise PsaError(f"PSA_MAX_PIXELS: expected a whole number of pixels >= 1, got {raw!r}")
     return value
 
 

@@ -21,6 +21,8 @@ import os
 
 import numpy as np
 
+from psa_infer.errors import PsaError
+
 _PAIR_SETS = ("full", "psa")
 KERNELS = ("auto", "numba", "numpy")
 
@@ -177,14 +179,14 @@ def walk_kernel() -> str:
     """
     choice = os.environ.get("PSA_RW_KERNEL", "auto").strip().lower() or "auto"
     if choice not in KERNELS:
-        raise ValueError(f"PSA_RW_KERNEL: expected one of {', '.join(KERNELS)}, got {choice!r}")
+        raise PsaError(f"PSA_RW_KERNEL: expected one of {', '.join(KERNELS)}, got {choice!r}")
     if choice == "numpy":
         return "numpy"
     try:
         import psa_infer.walk_kernel  # noqa: F401
     except ImportError as e:
         if choice == "numba":
-            raise ValueError(f"PSA_RW_KERNEL=numba but numba does not import: {e}") from e
+            raise PsaError(f"PSA_RW_KERNEL=numba but numba does not import: {e}") from e
         return "numpy"
     return "numba"
 

@@ -1,12 +1,13 @@
 """One loop for the stages that write a file per image (label, make-cam, make-aff-labels).
 
 Each image is either already done (its files exist: skipped, so a re-run resumes), done now,
-or failed with a user error (a corrupt file, an image over the pixel limit, a CAM file of
-another image). A failure does not stop the others: it is reported on stderr as it happens
-and listed in ``<out>/failures.jsonl`` (``{"id", "image", "error"}`` per line), and the
-returned counts say how many failed, so the CLI can exit with a status that says so.
-``fail_fast`` stops at the first failure instead. An exception that is not a ``PsaError`` is
-a bug and stops the run at once.
+or failed with an error about its own files (``DataError``: a corrupt image, one over the
+pixel limit; ``ArtifactError``: a CAM file of another image). A failure does not stop the
+others: it is reported on stderr as it happens and listed in ``<out>/failures.jsonl``
+(``{"id", "image", "error"}`` per line), and the returned counts say how many failed, so the
+CLI can exit with a status that says so. ``fail_fast`` stops at the first failure instead.
+Any other error — a bad setting, an environment variable, a bug — is not about one image and
+stops the run at once.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from psa_infer.datasets import Sample
-from psa_infer.errors import PsaError
+from psa_infer.artifacts import ArtifactError
+from psa_infer.datasets import DataError, Sample
 from psa_infer.palette import atomic_path
 
 FAILURES = "failures.jsonl"
@@ -56,7 +57,7 @@ def run_items(
             continue
         try:
             work(s)
-        except PsaError as e:
+        except (DataError, ArtifactError) as e:
             if fail_fast:
                 raise
             failures.append({"id": s.id, "image": str(s.image), "error": str(e)})

@@ -18,6 +18,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from numba import njit
 
+from psa_infer.errors import PsaError
+
 _ACC_FLOATS = 4096  # accumulator: channels × block pixels of float32, 16 KB (stays in L1)
 
 
@@ -97,7 +99,7 @@ def walk_threads() -> int:
     env = os.environ.get("PSA_RW_THREADS", "").strip()
     if env:
         if not env.isdigit() or int(env) < 1:
-            raise ValueError(f"PSA_RW_THREADS: expected an integer >= 1, got {env!r}")
+            raise PsaError(f"PSA_RW_THREADS: expected an integer >= 1, got {env!r}")
         return int(env)
     return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1)
 
