@@ -10,6 +10,11 @@ dynamic dimensions) and check every feed against them, naming the tensor and wha
 onnxruntime, tensorrt and cuda-python are imported inside the class that needs them, so this
 module imports with numpy alone. ``cam_forward_from``, ``aff_forward_from``, ``classify_from``
 and ``walk_from`` turn a backend into the callables ``psa_infer.pipeline.Labeler`` takes.
+
+What a user can cause — a missing runtime module, a model file that cannot be loaded, an engine
+or sidecar that does not fit this machine, an input outside an engine's profile — is a
+``BackendError`` naming the file or module; a feed that breaks the declared inputs is the
+caller's bug and a ``ValueError``.
 """
 
 from __future__ import annotations
@@ -22,12 +27,18 @@ from pathlib import Path
 
 import numpy as np
 
+from psa_infer.errors import PsaError
+
 # Tensor names of the exported bundle (export/ writes graphs with exactly these).
 CAM_IMAGE, CAM_CAMS, CAM_LOGITS = "image", "cams", "logits"
 AFF_IMAGE, AFF_FEATURES = "image", "features"
 RW_SCORES, RW_FEATURES, RW_WALKED = "scores", "features", "walked"
 
 Dim = int | str | None
+
+
+class BackendError(PsaError):
+    """A model file or the runtime it needs cannot be used here; the message names which."""
 
 
 @dataclass(frozen=True)
@@ -145,7 +156,7 @@ def _import_onnxruntime():
     try:
         import onnxruntime
     except ImportError:
-        raise RuntimeError(
+        raise BackendError(
             "onnxruntime is not installed: pip install psa[cpu] (or psa[gpu] on a CUDA machine)"
         ) from None
     return onnxruntime
@@ -159,7 +170,7 @@ def choose_providers(requested: str | Sequence[str], available: Sequence[str]) -
         return [p for p in PREFERRED_PROVIDERS if p in available]
     missing = [p for p in requested if p not in available]
     if missing or not requested:
-        raise ValueError(
+        raise BackendError(
             f"providers: {', '.join(missing) or 'none given'} not available in this onnxruntime "
             f"(available: {', '.join(available)})"
         )
@@ -187,7 +198,7 @@ class OnnxRuntimeBackend(Backend):
         else:
             path = Path(path_or_bytes)
             if not path.is_file():
-                raise ValueError(f"{path}: no such ONNX file")
+                raise BackendError(f"{path}: no such ONNX file")
             model, self.name = str(path), path.name
         if threads is not None and (isinstance(threads, bool) or threads < 1):
             raise ValueError(f"threads: expected an integer >= 1, got {threads!r}")
@@ -206,17 +217,17 @@ class OnnxRuntimeBackend(Backend):
         chosen = choose_providers(providers, ort.get_available_providers())
         try:
             self.session = ort.InferenceSession(model, options, providers=chosen)
-        except Exception as e:  # onnxruntime raises its own exception types
+        except Exception as e:  # onnxruntime raises its own types; all mean "this file cannot run"
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise RuntimeError(f"{self.name}: onnxruntime cannot load it: {first}") from e
+            where = model if isinstance(model, str) else self.name
+            raise BackendError(f"{where}: onnxruntime cannot load it: {first}") from e
         self.provider = self.session.get_providers()[0]
         self.inputs = tuple(self._spec(a) for a in self.session.get_inputs())
         self.outputs = tuple(self._spec(a) for a in self.session.get_outputs())
 
-    @staticmethod
-    def _spec(arg) -> TensorSpec:
+    def _spec(self, arg) -> TensorSpec:
         if arg.type not in _ORT_DTYPES:
-            raise ValueError(f"{arg.name}: unsupported tensor type {arg.type}")
+            raise BackendError(f"{self.name}: {arg.name}: unsupported tensor type {arg.type}")
         return TensorSpec(arg.name, np.dtype(_ORT_DTYPES[arg.type]), tuple(arg.shape))
 
     def _run(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -260,16 +271,19 @@ class EngineInfo:
         path = Path(path)
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as e:
-            raise ValueError(f"{path}: cannot read the engine's sidecar ({e})") from None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise BackendError(f"{path}: cannot read the engine's sidecar ({e})") from None
         fields = set(cls.__dataclass_fields__)
         required = {"tensorrt_version", "gpu_name", "precision", "onnx_sha256"}
         if not isinstance(data, dict) or not required <= set(data) or not set(data) <= fields:
             keys = sorted(data) if isinstance(data, dict) else type(data).__name__
-            raise ValueError(
+            raise BackendError(
                 f"{path}: expected the keys {sorted(required)} (and optionally "
                 f"{sorted(fields - required)}), got {keys}"
             )
+        for key in sorted(required):
+            if not isinstance(data[key], str):
+                raise BackendError(f"{path}: '{key}': expected a string, got {data[key]!r}")
         return cls(**data)
 
 
@@ -282,7 +296,7 @@ def check_engine_compat(
     loading one elsewhere fails deep inside TensorRT or, worse, runs untuned kernels.
     """
     if info.tensorrt_version != tensorrt_version or info.gpu_name != gpu:
-        raise RuntimeError(
+        raise BackendError(
             f"{engine_name}: built with TensorRT {info.tensorrt_version} on {info.gpu_name!r}, "
             f"this is TensorRT {tensorrt_version} on {gpu!r} — rebuild it with "
             "psa build-engine"
@@ -297,7 +311,7 @@ def import_cudart():
         try:
             from cuda import cudart
         except ImportError:
-            raise RuntimeError(
+            raise BackendError(
                 "cuda-python is not installed: pip install psa[trt] (tensorrt, cuda-python)"
             ) from None
     return cudart
@@ -322,11 +336,11 @@ def gpu_name(cudart=None) -> str:
 
 
 def import_tensorrt():
-    """The tensorrt module, or a RuntimeError saying how to install it."""
+    """The tensorrt module, or a BackendError saying how to install it."""
     try:
         import tensorrt
     except ImportError:
-        raise RuntimeError(
+        raise BackendError(
             "tensorrt is not installed: pip install psa[trt] (tensorrt, cuda-python)"
         ) from None
     return tensorrt
@@ -343,10 +357,10 @@ class TensorRTBackend(Backend):
     def __init__(self, engine_path: str | os.PathLike) -> None:
         path = Path(engine_path)
         if not path.is_file():
-            raise ValueError(f"{path}: no such TensorRT engine")
+            raise BackendError(f"{path}: no such TensorRT engine")
         side = sidecar_path(path)
         if not side.is_file():
-            raise RuntimeError(
+            raise BackendError(
                 f"{path.name}: no {side.name} beside it (TensorRT version, GPU) — rebuild it "
                 "with psa build-engine"
             )
@@ -361,7 +375,7 @@ class TensorRTBackend(Backend):
         self._runtime = trt.Runtime(self._logger)
         self.engine = self._runtime.deserialize_cuda_engine(path.read_bytes())
         if self.engine is None:
-            raise RuntimeError(
+            raise BackendError(
                 f"{path.name}: TensorRT could not deserialize it — rebuild it with psa build-engine"
             )
         self.context = self.engine.create_execution_context()
@@ -398,9 +412,10 @@ class TensorRTBackend(Backend):
             x = np.ascontiguousarray(feed[spec.name])
             if not ctx.set_input_shape(spec.name, x.shape):
                 lo, _, hi = (tuple(s) for s in self.engine.get_tensor_profile_shape(spec.name, 0))
-                raise ValueError(
-                    f"{spec.name}: shape {tuple(x.shape)} is outside the engine's optimisation "
-                    f"profile (min {lo}, max {hi})"
+                raise BackendError(
+                    f"{self.name}: {spec.name}: shape {tuple(x.shape)} is outside the engine's "
+                    f"optimisation profile (min {lo}, max {hi}) — rebuild it with a wider "
+                    "psa build-engine --profile"
                 )
             ptr = self._buffer(spec.name, max(x.nbytes, 1))
             call = cudart.cudaMemcpyAsync(ptr, x.ctypes.data, x.nbytes, h2d, self._stream)
@@ -441,7 +456,7 @@ def open_backend(path: str | os.PathLike, **kwargs) -> Backend:
         return OnnxRuntimeBackend(path, **kwargs)
     if suffix in (".engine", ".plan"):
         return TensorRTBackend(path, **kwargs)
-    raise ValueError(f"{path}: expected a .onnx, .engine or .plan file")
+    raise BackendError(f"{path}: expected a .onnx, .engine or .plan file")
 
 
 def _output(backend: Backend, inputs: Sequence[str], output: str) -> Callable[..., np.ndarray]:

@@ -13,6 +13,7 @@ from onnx import TensorProto, helper
 
 from psa_infer import backends
 from psa_infer.backends import (
+    BackendError,
     EngineInfo,
     OnnxRuntimeBackend,
     TensorRTBackend,
@@ -169,7 +170,7 @@ def test_provider_choice():
         "CPUExecutionProvider",
     ]
     assert choose_providers(["CPUExecutionProvider"], avail) == ["CPUExecutionProvider"]
-    with pytest.raises(ValueError, match=r"^providers: TensorrtExecutionProvider not available"):
+    with pytest.raises(BackendError, match=r"^providers: TensorrtExecutionProvider not available"):
         choose_providers(["TensorrtExecutionProvider"], avail)
     with pytest.raises(ValueError, match=r"^providers: expected 'auto' or a list"):
         choose_providers("cuda", avail)
@@ -178,25 +179,37 @@ def test_provider_choice():
 def test_missing_onnxruntime_says_how_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # makes `import onnxruntime` fail
     with pytest.raises(
-        RuntimeError, match=r"^onnxruntime is not installed: pip install psa\[cpu\]"
+        BackendError, match=r"^onnxruntime is not installed: pip install psa\[cpu\]"
     ):
         OnnxRuntimeBackend(add_model_bytes())
 
 
 def test_bad_files(tmp_path):
-    with pytest.raises(ValueError, match=r"nope.onnx: no such ONNX file$"):
+    with pytest.raises(BackendError, match=r"nope.onnx: no such ONNX file$"):
         OnnxRuntimeBackend(tmp_path / "nope.onnx")
     (tmp_path / "junk.onnx").write_bytes(b"not a model")
-    with pytest.raises(RuntimeError, match=r"^junk.onnx: onnxruntime cannot load it: "):
+    with pytest.raises(BackendError, match=r"junk.onnx: onnxruntime cannot load it: ") as e:
         OnnxRuntimeBackend(tmp_path / "junk.onnx")
-    with pytest.raises(ValueError, match=r"model.pt: expected a .onnx, .engine or .plan file$"):
+    assert str(e.value).startswith(str(tmp_path)) and "\n" not in str(e.value)  # the full path
+    with pytest.raises(BackendError, match=r"model.pt: expected a .onnx, .engine or .plan file$"):
         open_backend(tmp_path / "model.pt")
-    with pytest.raises(ValueError, match=r"model.engine: no such TensorRT engine$"):
+    with pytest.raises(BackendError, match=r"model.engine: no such TensorRT engine$"):
         open_backend(tmp_path / "model.engine")
     # an engine without its sidecar is refused before TensorRT is even imported
     (tmp_path / "model.plan").write_bytes(b"\0")
-    with pytest.raises(RuntimeError, match=r"^model.plan: no model.plan.json beside it"):
+    with pytest.raises(BackendError, match=r"^model.plan: no model.plan.json beside it"):
         open_backend(tmp_path / "model.plan")
+
+
+def test_unsupported_tensor_type_names_the_file(tmp_path):
+    x = helper.make_tensor_value_info("x", TensorProto.STRING, ["n"])
+    y = helper.make_tensor_value_info("y", TensorProto.STRING, ["n"])
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "s", [x], [y])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    (tmp_path / "strings.onnx").write_bytes(model.SerializeToString())
+    with pytest.raises(BackendError, match=r"^strings.onnx: x: unsupported tensor type tensor\(st"):
+        OnnxRuntimeBackend(tmp_path / "strings.onnx")
 
 
 # ---------------------------------------------------------------------------- engine sidecar
@@ -218,14 +231,19 @@ def test_sidecar_round_trip(tmp_path):
 def test_sidecar_with_missing_or_unknown_keys_is_refused(tmp_path):
     path = tmp_path / "cam.engine.json"
     path.write_text('{"tensorrt_version": "10.3.0", "gpu_name": "Orin"}')
-    with pytest.raises(ValueError, match=r"cam.engine.json: expected the keys \['gpu_name', "):
+    with pytest.raises(BackendError, match=r"cam.engine.json: expected the keys \['gpu_name', "):
         EngineInfo.read(path)
     path.write_text(info().to_json().replace('"precision"', '"dtype": 1, "precision"'))
-    with pytest.raises(ValueError, match=r"cam.engine.json: expected the keys .* got \['dtype'"):
+    with pytest.raises(BackendError, match=r"cam.engine.json: expected the keys .* got \['dtype'"):
         EngineInfo.read(path)
-    path.write_text("{")
-    with pytest.raises(ValueError, match=r"cam.engine.json: cannot read the engine's sidecar"):
+    path.write_text(info().to_json().replace('"NVIDIA A100"', "3"))
+    message = r"cam.engine.json: 'gpu_name': expected a string, got 3$"
+    with pytest.raises(BackendError, match=message):
         EngineInfo.read(path)
+    for damaged in (info().to_json()[:50].encode(), b"\xff\xfe\x00garbage"):
+        path.write_bytes(damaged)  # truncated; not text at all
+        with pytest.raises(BackendError, match=r"engine.json: cannot read the engine's sidecar \("):
+            EngineInfo.read(path)
 
 
 def test_engine_for_another_tensorrt_or_gpu_is_refused():
@@ -234,9 +252,9 @@ def test_engine_for_another_tensorrt_or_gpu_is_refused():
         r"^model.engine: built with TensorRT 10.3.0 on 'NVIDIA A100', this is TensorRT 10.7.0 "
         r"on 'Orin' — rebuild it with psa build-engine$"
     )
-    with pytest.raises(RuntimeError, match=message):
+    with pytest.raises(BackendError, match=message):
         check_engine_compat("model.engine", info(), "10.7.0", "Orin")
-    with pytest.raises(RuntimeError, match=r"this is TensorRT 10.3.0 on 'NVIDIA H100'"):
+    with pytest.raises(BackendError, match=r"this is TensorRT 10.3.0 on 'NVIDIA H100'"):
         check_engine_compat("model.engine", info(), "10.3.0", "NVIDIA H100")
 
 
@@ -268,7 +286,7 @@ def test_tensorrt_backend_matches_onnxruntime(tmp_path, rw_path):
     with TensorRTBackend(engine) as trt_backend:
         assert [s.name for s in trt_backend.inputs] == ["scores", "features"]
         got = trt_backend.run(feed)["walked"]
-        with pytest.raises(ValueError, match=r"^scores: shape \(3, 2, 2\) is outside the engine"):
+        with pytest.raises(BackendError, match=r"^rw.engine: scores: shape \(3, 2, 2\) is outside"):
             trt_backend.run(
                 {"scores": feed["scores"][:, :2, :2], "features": feed["features"][:, :2, :2]}
             )
