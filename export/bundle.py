@@ -28,14 +28,22 @@ import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
-import onnx
-
-from export.engine import build_engine, onnx_io_specs
+from export.engine import EngineError, build_engine
 from export.onnx_export import export_aff, export_cam
 from export.rw_graph import save_rw_model
 from export.verify import VerifyImage
 from psa_infer.backends import CAM_IMAGE, RW_FEATURES, RW_SCORES
-from psa_infer.bundle import META, MODELS, SCHEMA_VERSION, engine_path, file_sha256, load_meta
+from psa_infer.bundle import (
+    META,
+    MODELS,
+    SCHEMA_VERSION,
+    BundleError,
+    engine_path,
+    file_sha256,
+    load_meta,
+    onnx_io_specs,
+    read_onnx,
+)
 from psa_infer.pipeline import STRIDE
 from psa_train.config import AffLabelsConfig, LabelConfig, MakeCamConfig
 
@@ -45,7 +53,7 @@ VERIFY_REPORT = "verify.json"
 def _check_target(out: Path) -> None:
     """Refuse to replace anything but an earlier bundle (or an empty directory)."""
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / META).is_file())):
-        raise ValueError(f"{out}: exists and is not a psa bundle (no {META}); not replacing it")
+        raise BundleError(f"{out}: exists and is not a psa bundle (no {META}); not replacing it")
 
 
 def _publish(stage: Path, out: Path) -> None:
@@ -84,7 +92,7 @@ def export_bundle(
     ``export.verify.VerifyError`` and leaves ``out_dir`` as it was.
     """
     from psa_train import __version__
-    from psa_train.checkpoint import sha256
+    from psa_train.checkpoint import CheckpointError, sha256
     from psa_train.train_aff import load_aff_model
     from psa_train.train_cam import load_cam_model
 
@@ -93,13 +101,13 @@ def export_bundle(
     cam_net, cam_meta = load_cam_model(cam_ckpt)
     aff_net, aff_meta = load_aff_model(aff_ckpt)
     if cam_meta["classes"] != aff_meta["classes"]:
-        raise ValueError(
+        raise CheckpointError(
             f"{aff_ckpt}: trained for classes {aff_meta['classes'][1:]}, but {cam_ckpt} "
             f"predicts {cam_meta['classes'][1:]}"
         )
     for key in ("mean", "std"):
         if [float(v) for v in cam_meta[key]] != [float(v) for v in aff_meta[key]]:
-            raise ValueError(
+            raise CheckpointError(
                 f"{aff_ckpt}: trained with {key} {aff_meta[key]}, {cam_ckpt} with "
                 f"{cam_meta[key]}; one bundle normalises images one way"
             )
@@ -122,7 +130,7 @@ def export_bundle(
             pairs=label_cfg.pairs,
             opset=opset,
         )
-        models["rw"] = onnx.load(rw_path)
+        models["rw"] = read_onnx(rw_path)
         meta = {
             "schema_version": SCHEMA_VERSION,
             "toolkit_version": __version__,
@@ -186,15 +194,13 @@ def engine_profiles(meta: dict, sides: Sequence[int] = DEFAULT_SIDES) -> dict[st
     """
     lo, opt, hi = (int(s) for s in sides)
     if not 1 <= lo <= opt <= hi:
-        raise ValueError(f"profile: expected image sides 1 <= MIN <= OPT <= MAX, got {sides}")
+        raise EngineError(f"profile: expected image sides 1 <= MIN <= OPT <= MAX, got {sides}")
     batch = 2 if meta["flip"] else 1
     s_lo, s_hi = min(meta["scales"]), max(meta["scales"])
     cam_lo = max(1, round(lo * s_lo))
     cam_opt = max(cam_lo, opt)  # scale 1 is the typical input; all scales > 1 move it up
     cam_hi = max(cam_opt, math.ceil(hi * s_hi))
-    depth = meta["models"]["aff"]["outputs"][0]["shape"][1]
-    if not isinstance(depth, int):
-        raise ValueError(f"aff.onnx: expected a fixed feature depth, got {depth!r}")
+    depth = meta["models"]["aff"]["outputs"][0]["shape"][1]  # fixed: load_meta checks it
     g_lo, g_opt, g_hi = (_pad8(s) // STRIDE for s in (lo, opt, hi))
     n = len(meta["classes"])
     return {

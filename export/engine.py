@@ -6,7 +6,9 @@ calibrator 2, images preprocessed as the runtime does: RGB/255, then mean/std), 
 a timing cache, and writes ``<engine>.json`` (``psa_infer.backends.EngineInfo``): GPU name,
 TensorRT version, precision, profile, the ONNX file's sha256 and its tensor specs. Everything up
 to the build is checked first, without TensorRT, so bad arguments fail the same way on a
-CPU-only machine; tensorrt and cuda-python are imported only to build.
+CPU-only machine; tensorrt and cuda-python are imported only to build. What a user can cause —
+an unreadable ONNX file (``psa_infer.bundle.BundleError``), a bad profile, a graph TensorRT
+refuses, a calibration folder without images — is a ``PsaError`` naming the file or option.
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
-import onnx
 from PIL import Image
 
 from psa_infer.backends import (
@@ -29,14 +30,19 @@ from psa_infer.backends import (
     shape_matches,
     sidecar_path,
 )
-from psa_infer.bundle import file_sha256
+from psa_infer.bundle import file_sha256, onnx_io_specs, read_onnx
 from psa_infer.cam import normalize_image
+from psa_infer.errors import PsaError
 
 PRECISIONS = ("fp32", "fp16", "int8")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 Shape = tuple[int, ...]
 Profile = dict[str, tuple[Shape, Shape, Shape]]  # input -> (min, opt, max)
 _SHAPE = re.compile(r"^\d+(x\d+)*$")
+
+
+class EngineError(PsaError):
+    """An engine cannot be built as asked; the one-line message names the file or option."""
 
 
 def parse_profile(spec: str | Sequence[str]) -> Profile:
@@ -50,30 +56,11 @@ def parse_profile(spec: str | Sequence[str]) -> Profile:
         name, _, shapes = item.partition(":")
         parts = [p.strip() for p in shapes.split(",")]
         if not name or len(parts) != 3 or not all(_SHAPE.match(p) for p in parts):
-            raise ValueError(
+            raise EngineError(
                 f"profile: expected 'name:MIN,OPT,MAX' with shapes like 1x3x512x512, got {item!r}"
             )
         profile[name.strip()] = tuple(tuple(int(d) for d in p.split("x")) for p in parts)
     return profile
-
-
-def onnx_io_specs(model: onnx.ModelProto) -> tuple[list[dict], list[dict]]:
-    """Graph inputs (initialisers excluded) and outputs as {name, dtype, shape} dicts.
-
-    Dimensions are ints, dimension names, or None where the graph names none.
-    """
-
-    def spec(v: onnx.ValueInfoProto) -> dict:
-        t = v.type.tensor_type
-        dims = [
-            d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in t.shape.dim
-        ]
-        dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.elem_type)).name
-        return {"name": v.name, "dtype": dtype, "shape": dims}
-
-    weights = {i.name for i in model.graph.initializer}
-    inputs = [spec(v) for v in model.graph.input if v.name not in weights]
-    return inputs, [spec(v) for v in model.graph.output]
 
 
 def check_profile(inputs: Sequence[dict], profile: Mapping[str, tuple]) -> Profile:
@@ -81,7 +68,7 @@ def check_profile(inputs: Sequence[dict], profile: Mapping[str, tuple]) -> Profi
     by_name = {i["name"]: i for i in inputs}
     for name in profile:
         if name not in by_name:
-            raise ValueError(f"profile: unknown input {name!r} (inputs: {', '.join(by_name)})")
+            raise EngineError(f"profile: unknown input {name!r} (inputs: {', '.join(by_name)})")
     out: Profile = {}
     for name, spec in by_name.items():
         dims = spec["shape"]
@@ -90,7 +77,7 @@ def check_profile(inputs: Sequence[dict], profile: Mapping[str, tuple]) -> Profi
             if all(isinstance(d, int) for d in dims):
                 out[name] = (tuple(dims),) * 3  # static input: the profile is its shape
                 continue
-            raise ValueError(
+            raise EngineError(
                 f"{name}: dynamic shape {shown} needs a profile, e.g. "
                 f"'{name}:1x3x256x256,1x3x512x512,1x3x1024x1024'"
             )
@@ -102,7 +89,7 @@ def check_profile(inputs: Sequence[dict], profile: Mapping[str, tuple]) -> Profi
             and all(0 < a <= b <= c for a, b, c in zip(*shapes, strict=True))
         )
         if not fixed or not ordered:
-            raise ValueError(
+            raise EngineError(
                 f"{name}: expected min <= opt <= max shapes matching {shown}, got "
                 + ", ".join("x".join(map(str, s)) for s in shapes)
             )
@@ -138,7 +125,7 @@ def write_sidecar(engine_path: str | Path, info: EngineInfo) -> Path:
 
 def _check_args(onnx_path: Path, precision: str, calib_dir, mean, std, workspace_gb) -> None:
     if not onnx_path.is_file():
-        raise ValueError(f"{onnx_path}: no such ONNX file")
+        raise EngineError(f"{onnx_path}: no such ONNX file")
     if precision not in PRECISIONS:
         raise ValueError(f"precision: expected one of {', '.join(PRECISIONS)}, got {precision!r}")
     if not (isinstance(workspace_gb, (int, float)) and workspace_gb > 0):
@@ -148,7 +135,7 @@ def _check_args(onnx_path: Path, precision: str, calib_dir, mean, std, workspace
     if calib_dir is None or not Path(calib_dir).is_dir():
         raise ValueError(f"calib_dir: int8 needs a folder of calibration images, got {calib_dir}")
     if not any(p.suffix.lower() in IMAGE_SUFFIXES for p in Path(calib_dir).iterdir()):
-        raise ValueError(f"{calib_dir}: no {'/'.join(IMAGE_SUFFIXES)} images to calibrate on")
+        raise EngineError(f"{calib_dir}: no {'/'.join(IMAGE_SUFFIXES)} images to calibrate on")
     if mean is None or std is None or len(mean) != 3 or len(std) != 3:
         raise ValueError(f"int8: expected 3 mean and 3 std values, got mean={mean} std={std}")
 
@@ -206,14 +193,15 @@ def build_engine(
     """
     onnx_path, engine_path = Path(onnx_path), Path(engine_path)
     _check_args(onnx_path, precision, calib_dir, mean, std, workspace_gb)
-    inputs, outputs = onnx_io_specs(onnx.load(onnx_path, load_external_data=False))
+    inputs, outputs = onnx_io_specs(read_onnx(onnx_path))
     if isinstance(profile, (str, list, tuple)):
         profile = parse_profile(profile)
     shapes = check_profile(inputs, profile or {})
     opt_shapes = [opt for _, opt, _ in shapes.values()]
     if precision == "int8" and not (len(opt_shapes) == 1 and len(opt_shapes[0]) == 4):
-        raise ValueError(
-            "int8: calibration feeds images, so the model needs one (B, 3, H, W) input"
+        raise EngineError(
+            f"int8: calibration feeds images, so the model needs one (B, 3, H, W) input; "
+            f"{onnx_path.name} has the inputs {', '.join(shapes)}"
         )
 
     trt, cudart = import_tensorrt(), import_cudart()
@@ -224,7 +212,7 @@ def build_engine(
     if not parser.parse_from_file(str(onnx_path)):
         errs = [parser.get_error(i) for i in range(parser.num_errors)]
         errors = "; ".join(f"node {e.node()}: {e.desc()}" for e in errs)
-        raise RuntimeError(f"{onnx_path.name}: TensorRT cannot parse it: {errors}")
+        raise EngineError(f"{onnx_path}: TensorRT cannot parse it: {errors}")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gb * (1 << 30)))
     opt_profile = builder.create_optimization_profile()
@@ -248,7 +236,7 @@ def build_engine(
 
     plan = builder.build_serialized_network(network, config)
     if plan is None:
-        raise RuntimeError(f"{onnx_path.name}: TensorRT failed to build an engine (see its log)")
+        raise EngineError(f"{onnx_path}: TensorRT failed to build an engine (its log says why)")
     engine_path.parent.mkdir(parents=True, exist_ok=True)
     engine_path.write_bytes(bytes(plan))
     if cache_path:

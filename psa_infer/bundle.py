@@ -10,6 +10,10 @@ A bundle (written by ``psa export``, ``export/bundle.py``) is a directory::
 
 Preprocessing and walk settings come from meta.json, never from code defaults, so a bundle
 labels the same way wherever it runs. Torch-free: numpy, onnx, and the backend's own runtime.
+
+Each graph must be one self-contained file: meta.json's sha256 covers the .onnx files only, so
+a graph keeping tensors in external data files is refused (our exporter never writes them:
+``onnx.save_model`` keeps a graph under protobuf's 2 GB limit in one file).
 """
 
 from __future__ import annotations
@@ -32,15 +36,18 @@ from psa_infer.backends import (
     RW_SCORES,
     RW_WALKED,
     Backend,
+    BackendError,
     EngineInfo,
     OnnxRuntimeBackend,
     TensorRTBackend,
     aff_forward_from,
     cam_forward_from,
     classify_from,
+    format_shape,
     sidecar_path,
     walk_from,
 )
+from psa_infer.errors import PsaError
 from psa_infer.pipeline import STRIDE, Labeler, WalkParams
 
 SCHEMA_VERSION = 1
@@ -58,7 +65,7 @@ WALKS = ("auto", "onnx", "numpy")
 _GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 
 
-class BundleError(ValueError):
+class BundleError(PsaError):
     """A bundle is incomplete or inconsistent; the one-line message names the file."""
 
 
@@ -126,7 +133,10 @@ def _check_model_entry(where: str, name: str, entry: object) -> None:
     for kind, expected in (("inputs", inputs), ("outputs", outputs)):
         specs = entry[kind]
         ok = isinstance(specs, list) and all(
-            isinstance(s, dict) and {"name", "dtype", "shape"} <= set(s) for s in specs
+            isinstance(s, dict)
+            and {"name", "dtype", "shape"} <= set(s)
+            and isinstance(s["shape"], list)
+            for s in specs
         )
         names = tuple(s["name"] for s in specs) if ok else None
         if names != expected:
@@ -136,13 +146,36 @@ def _check_model_entry(where: str, name: str, entry: object) -> None:
             )
 
 
+def _check_channels(where: str, meta: dict) -> None:
+    """cam.onnx's channels are the foreground classes; aff.onnx's feature depth is fixed."""
+    n = len(meta["classes"]) - 1
+    cam = {s["name"]: s["shape"] for s in meta["models"]["cam"]["outputs"]}
+    for tensor, want in ((CAM_CAMS, ["B", n, "h", "w"]), (CAM_LOGITS, ["B", n])):
+        dims = cam[tensor]
+        if len(dims) != len(want) or dims[1] != n:
+            raise BundleError(
+                f"{where}: 'classes' lists {n} classes besides background, but models.cam.outputs "
+                f"gives cam.onnx's {tensor} the shape {format_shape(dims)}: expected "
+                f"{format_shape(want)} — re-export the bundle instead of editing meta.json"
+            )
+    dims = meta["models"]["aff"]["outputs"][0]["shape"]
+    if len(dims) != 4 or not _is_int(dims[1]) or dims[1] < 1:
+        raise BundleError(
+            f"{where}: models.aff.outputs: expected aff.onnx's features as (B, D, h, w) with a "
+            f"fixed depth D >= 1, got {format_shape(dims)}"
+        )
+
+
 def load_meta(bundle_dir: str | os.PathLike, check_files: bool = True) -> dict:
     """Read and check ``<bundle_dir>/meta.json``; returns it as a dict.
 
     Every key the runtime reads is checked for presence and type (``"b/meta.json: missing
     'mean'"``), the schema version must be this runtime's, and with ``check_files`` each ONNX
     file must exist with the sha256 that meta.json records (a file replaced after export is
-    refused) and rw.onnx must bake in the walk settings that meta.json states.
+    refused) and be a readable, self-contained ONNX graph (no external data) whose inputs and
+    outputs are meta.json's; rw.onnx must bake in the walk settings that meta.json states.
+    Without ``check_files`` meta.json is still checked against itself: cam.onnx's channels
+    must be the foreground classes and aff.onnx's feature depth must be fixed.
 
     Raises:
         BundleError: with a one-line message naming the file and what was expected.
@@ -176,6 +209,7 @@ def load_meta(bundle_dir: str | os.PathLike, check_files: bool = True) -> dict:
         if name not in meta["models"]:
             raise BundleError(f"{path}: missing 'models.{name}'")
         _check_model_entry(str(path), name, meta["models"][name])
+    _check_channels(str(path), meta)
     if check_files:
         for name, (file, _, _) in MODELS.items():
             model_path = root / file
@@ -186,15 +220,118 @@ def load_meta(bundle_dir: str | os.PathLike, check_files: bool = True) -> dict:
                     f"{model_path}: sha256 differs from meta.json's — the file was replaced "
                     "after export; re-export the bundle"
                 )
-        _check_rw_props(root / MODELS["rw"][0], meta)
+            model = read_onnx(model_path)
+            _check_self_contained(model_path, model)
+            _check_graph_io(model_path, model, path, meta["models"][name])
+            if name == "rw":
+                _check_rw_props(model_path, model, meta)
     return meta
 
 
-def _check_rw_props(path: Path, meta: dict) -> None:
-    """rw.onnx bakes radius/beta/steps/pairs in: they must be meta.json's (SPEC §5 settings)."""
+# ---------------------------------------------------------------------------- ONNX files
+
+
+def read_onnx(path: str | os.PathLike):
+    """An ONNX file as an ``onnx.ModelProto``, without loading external data.
+
+    Raises:
+        BundleError: ``"<path>: not a readable ONNX model (...)"`` for a corrupt, truncated or
+            foreign file (an OSError such as permission denied passes through).
+    """
+    import onnx
+    from google.protobuf.message import Error as ProtobufError
+
+    try:
+        model = onnx.load(path, load_external_data=False)
+    except (ProtobufError, ValueError) as e:
+        text = " ".join(str(e).split()) or type(e).__name__
+        raise BundleError(f"{path}: not a readable ONNX model ({text})") from None
+    if not model.graph.output:
+        raise BundleError(f"{path}: not a readable ONNX model (it has no graph outputs)")
+    return model
+
+
+def onnx_io_specs(model) -> tuple[list[dict], list[dict]]:
+    """An ``onnx.ModelProto``'s graph inputs (initialisers excluded) and outputs as
+    {name, dtype, shape} dicts, as meta.json records them.
+
+    Dimensions are ints, dimension names, or None where the graph names none.
+    """
+    import numpy as np
     import onnx
 
-    props = {p.key: p.value for p in onnx.load(path, load_external_data=False).metadata_props}
+    def spec(v) -> dict:
+        t = v.type.tensor_type
+        dims = [
+            d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in t.shape.dim
+        ]
+        try:
+            dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.elem_type)).name
+        except KeyError:  # not a tensor, or no type numpy has: shown as ONNX's number
+            dtype = f"onnx-type-{t.elem_type}"
+        return {"name": v.name, "dtype": dtype, "shape": dims}
+
+    weights = {i.name for i in model.graph.initializer}
+    inputs = [spec(v) for v in model.graph.input if v.name not in weights]
+    return inputs, [spec(v) for v in model.graph.output]
+
+
+def _stored_tensors(graph):
+    """Every tensor stored in ``graph``: initialisers, constant attributes, and subgraphs'."""
+    yield from graph.initializer
+    sparse = list(graph.sparse_initializer)
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.HasField("t"):
+                yield attr.t
+            yield from attr.tensors
+            if attr.HasField("sparse_tensor"):
+                sparse.append(attr.sparse_tensor)
+            sparse.extend(attr.sparse_tensors)
+            if attr.HasField("g"):
+                yield from _stored_tensors(attr.g)
+            for g in attr.graphs:
+                yield from _stored_tensors(g)
+    for s in sparse:
+        yield s.values
+        yield s.indices
+
+
+def _check_self_contained(path: Path, model) -> None:
+    """Refuse tensors kept in external data files: meta.json's sha256 would not cover them."""
+    import onnx
+
+    external = [
+        t for t in _stored_tensors(model.graph) if t.data_location == onnx.TensorProto.EXTERNAL
+    ]
+    if external:
+        files = sorted({e.value for t in external for e in t.external_data if e.key == "location"})
+        raise BundleError(
+            f"{path}: keeps {len(external)} tensor(s) in external data files "
+            f"({', '.join(files) or 'no location given'}), which meta.json's sha256 does not "
+            "cover — a bundle's graphs must each be one self-contained .onnx file"
+        )
+
+
+def _describe(specs: list[dict]) -> str:
+    """'cams float32 (B, 2, h, w), logits float32 (B, 2)'."""
+    return ", ".join(f"{s['name']} {s['dtype']} {format_shape(s['shape'])}" for s in specs)
+
+
+def _check_graph_io(path: Path, model, meta_path: Path, entry: dict) -> None:
+    """The graph's own inputs and outputs must be those that meta.json records for it."""
+    inputs, outputs = onnx_io_specs(model)
+    for kind, got in (("inputs", inputs), ("outputs", outputs)):
+        if got != entry[kind]:
+            raise BundleError(
+                f"{path}: the graph's {kind} are {_describe(got)}, {meta_path} says "
+                f"{_describe(entry[kind])} — re-export the bundle instead of editing meta.json"
+            )
+
+
+def _check_rw_props(path: Path, model, meta: dict) -> None:
+    """rw.onnx bakes radius/beta/steps/pairs in: they must be meta.json's (SPEC §5 settings)."""
+    props = {p.key: p.value for p in model.metadata_props}
     for key in ("radius", "beta", "steps", "pairs"):
         want = str(float(meta[key])) if key == "beta" else str(meta[key])
         if props.get(key) != want:
@@ -239,7 +376,13 @@ def _open_engine(root: Path, name: str, meta: dict) -> Backend:
             f"{path}: missing — build the engines on this machine: psa build-engine {root}"
         )
     side = sidecar_path(path)
-    if side.is_file() and EngineInfo.read(side).onnx_sha256 != meta["models"][name]["sha256"]:
+    if not side.is_file():
+        return TensorRTBackend(path)  # which refuses it, saying how to rebuild it
+    try:
+        info = EngineInfo.read(side)
+    except BackendError as e:
+        raise BundleError(f"{e} — rebuild it: psa build-engine {root}") from None
+    if info.onnx_sha256 != meta["models"][name]["sha256"]:
         raise BundleError(
             f"{path}: built from another {MODELS[name][0]} than this bundle's — rebuild it: "
             f"psa build-engine {root}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import shutil
@@ -15,11 +16,12 @@ from cli import main
 from export import bundle as bundle_mod
 from export import verify as verify_mod
 from export.bundle import engine_profiles, export_bundle
+from export.engine import EngineError
 from export.trt_ops import unsupported_nodes
 from export.verify import VerifyError, check_report, format_report, verify_bundle, verify_images
-from psa_infer.bundle import bundle_labeler, load_meta
+from psa_infer.bundle import BundleError, bundle_labeler, load_meta
 from psa_infer.datasets import load_image
-from psa_train.checkpoint import sha256
+from psa_train.checkpoint import CheckpointError, sha256
 from psa_train.label import torch_labeler
 
 pytest.importorskip("onnxruntime")
@@ -131,7 +133,7 @@ def test_failures_leave_the_target_untouched(tiny_bundle, tmp_path, monkeypatch)
     other = tmp_path / "notes"
     other.mkdir()
     (other / "todo.txt").write_text("mine")
-    with pytest.raises(ValueError, match="notes: exists and is not a psa bundle"):
+    with pytest.raises(BundleError, match="notes: exists and is not a psa bundle"):
         export_bundle(tiny_bundle.cam, tiny_bundle.aff, other, *cfg)
     assert [p.name for p in other.iterdir()] == ["todo.txt"]
     out = tmp_path / "b"
@@ -154,7 +156,7 @@ def test_checkpoints_for_other_classes_are_refused(tiny_bundle, tmp_path):
 
     tensors, meta = load_checkpoint(tiny_bundle.aff)
     bad = save_checkpoint(tmp_path / "aff", tensors, {**meta, "classes": ["background", "a", "b"]})
-    with pytest.raises(ValueError, match=r"aff.safetensors: trained for classes \['a', 'b'\]"):
+    with pytest.raises(CheckpointError, match=r"aff.safetensors: trained for classes \['a', 'b'"):
         export_bundle(
             tiny_bundle.cam, bad, tmp_path / "o", tiny_bundle.label_cfg, tiny_bundle.cam_cfg
         )
@@ -168,7 +170,7 @@ def test_engine_profiles_cover_scales_flip_and_the_walk(tiny_bundle):
     assert p["aff"]["image"] == ((1, 3, 32, 32), (1, 3, 448, 448), (1, 3, 512, 512))
     assert p["rw"]["scores"] == ((1, 4, 4), (2, 56, 56), (3, 64, 64))  # up to bg + 2 classes
     assert p["rw"]["features"] == ((48, 4, 4), (48, 56, 56), (48, 64, 64))
-    with pytest.raises(ValueError, match="MIN <= OPT <= MAX"):
+    with pytest.raises(EngineError, match="MIN <= OPT <= MAX"):
         engine_profiles(meta, (64, 32, 512))
 
 
@@ -233,3 +235,16 @@ def test_build_engine_argument_errors(tiny_bundle, tmp_path):
     assert r.exit_code == 2 and "expected MIN,OPT,MAX pixels" in r.output
     r = CliRunner().invoke(main, ["build-engine", str(tmp_path)])
     assert r.exit_code == 1 and "meta.json: missing" in r.output
+
+
+def test_build_engine_on_a_corrupt_graph_is_one_line_not_a_bug(tiny_bundle, tmp_path):
+    b = shutil.copytree(tiny_bundle.bundle, tmp_path / "b")
+    data = (b / "cam.onnx").read_bytes()[:1000]  # truncated, its sha256 recorded anyway
+    (b / "cam.onnx").write_bytes(data)
+    meta = json.loads((b / "meta.json").read_text())
+    meta["models"]["cam"]["sha256"] = hashlib.sha256(data).hexdigest()
+    (b / "meta.json").write_text(json.dumps(meta))
+    r = CliRunner().invoke(main, ["build-engine", str(b)])
+    assert r.exit_code == 1, r.output
+    assert "b/cam.onnx: not a readable ONNX model (" in r.output
+    assert "unexpected error" not in r.output and len(r.output.strip().splitlines()) == 1

@@ -12,6 +12,7 @@ from onnx import TensorProto, helper
 from PIL import Image
 
 from export.engine import (
+    EngineError,
     build_engine,
     calibration_batches,
     check_profile,
@@ -20,7 +21,8 @@ from export.engine import (
     write_sidecar,
 )
 from export.rw_graph import build_rw_model
-from psa_infer.backends import EngineInfo, sidecar_path
+from psa_infer.backends import BackendError, EngineInfo, sidecar_path
+from psa_infer.bundle import BundleError
 from psa_infer.cam import normalize_image
 
 HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None
@@ -73,7 +75,7 @@ def test_parse_profile():
     ["image", "image:1x3x256x256,1x3x512x512", ":1,2,3", "image:1x3,1xx3,1x3", "image:1,2,-3"],
 )
 def test_parse_profile_rejects(spec):
-    with pytest.raises(ValueError, match=r"^profile: expected 'name:MIN,OPT,MAX' with shapes like"):
+    with pytest.raises(EngineError, match=r"^profile: expected 'name:MIN,OPT,MAX' with shapes"):
         parse_profile(spec)
 
 
@@ -89,16 +91,16 @@ def test_onnx_io_specs_keep_dimension_names():
 def test_check_profile(net_onnx):
     inputs, _ = onnx_io_specs(onnx.load(net_onnx))
     assert check_profile(inputs, parse_profile(PROFILE))["image"][2] == (1, 3, 1024, 1024)
-    with pytest.raises(ValueError, match=r"^profile: unknown input 'img' \(inputs: image\)$"):
+    with pytest.raises(EngineError, match=r"^profile: unknown input 'img' \(inputs: image\)$"):
         check_profile(inputs, parse_profile("img:1,1,1"))
-    with pytest.raises(ValueError, match=r"^image: dynamic shape \(B, 3, H, W\) needs a profile"):
+    with pytest.raises(EngineError, match=r"^image: dynamic shape \(B, 3, H, W\) needs a profile"):
         check_profile(inputs, {})
     message = r"^image: expected min <= opt <= max shapes matching \(B, 3, H, W\), got "
-    with pytest.raises(ValueError, match=message + "1x4x8x8, 1x4x8x8, 1x4x8x8$"):
+    with pytest.raises(EngineError, match=message + "1x4x8x8, 1x4x8x8, 1x4x8x8$"):
         check_profile(inputs, parse_profile("image:1x4x8x8,1x4x8x8,1x4x8x8"))  # 4 channels
-    with pytest.raises(ValueError, match=message + "1x3x64x64, 1x3x32x32, 1x3x128x128$"):
+    with pytest.raises(EngineError, match=message + "1x3x64x64, 1x3x32x32, 1x3x128x128$"):
         check_profile(inputs, parse_profile("image:1x3x64x64,1x3x32x32,1x3x128x128"))
-    with pytest.raises(ValueError, match=message + "1x3x64, 1x3x64, 1x3x64$"):
+    with pytest.raises(EngineError, match=message + "1x3x64, 1x3x64, 1x3x64$"):
         check_profile(inputs, parse_profile("image:1x3x64,1x3x64,1x3x64"))
     # a static input needs no profile: its own shape is one
     static = [{"name": "x", "dtype": "float32", "shape": [1, 3, 8, 8]}]
@@ -110,7 +112,7 @@ def test_check_profile(net_onnx):
 
 def test_build_engine_checks_its_arguments_before_tensorrt(tmp_path, net_onnx):
     out = tmp_path / "cam.engine"
-    with pytest.raises(ValueError, match=r"missing.onnx: no such ONNX file$"):
+    with pytest.raises(EngineError, match=r"missing.onnx: no such ONNX file$"):
         build_engine(tmp_path / "missing.onnx", out, profile=PROFILE)
     with pytest.raises(
         ValueError, match=r"^precision: expected one of fp32, fp16, int8, got 'bf16'$"
@@ -121,24 +123,29 @@ def test_build_engine_checks_its_arguments_before_tensorrt(tmp_path, net_onnx):
     with pytest.raises(ValueError, match=r"^calib_dir: int8 needs a folder of calibration images"):
         build_engine(net_onnx, out, precision="int8", profile=PROFILE, mean=MEAN, std=STD)
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ValueError, match=r"empty: no .jpg/.jpeg/.png/.bmp images to calibrate on$"):
+    with pytest.raises(EngineError, match=r"empty: no .jpg/.jpeg/.png/.bmp images to calibrate on"):
         build_engine(net_onnx, out, "int8", tmp_path / "empty", PROFILE, mean=MEAN, std=STD)
     calib = write_images(tmp_path / "calib")
     with pytest.raises(ValueError, match=r"^int8: expected 3 mean and 3 std values, got mean=None"):
         build_engine(net_onnx, out, "int8", calib, PROFILE)
-    with pytest.raises(ValueError, match=r"^image: dynamic shape \(B, 3, H, W\) needs a profile"):
+    with pytest.raises(EngineError, match=r"^image: dynamic shape \(B, 3, H, W\) needs a profile"):
         build_engine(net_onnx, out)
     rw = tmp_path / "rw.onnx"
     onnx.save(build_rw_model(radius=2, steps=1), rw)
-    with pytest.raises(ValueError, match=r"^int8: calibration feeds images, so the model needs"):
+    message = r"^int8: calibration feeds images, .* rw.onnx has the inputs scores, features$"
+    with pytest.raises(EngineError, match=message):
         build_engine(rw, out, "int8", calib, "scores:1x1x1,1x1x1,1x1x1;features:1x1x1,1x1x1,1x1x1",
                      mean=MEAN, std=STD)  # fmt: skip
+    corrupt = tmp_path / "corrupt.onnx"
+    corrupt.write_bytes(net_onnx.read_bytes()[:-9])
+    with pytest.raises(BundleError, match=r"corrupt.onnx: not a readable ONNX model \(.*\)$"):
+        build_engine(corrupt, out, profile=PROFILE)
     assert not out.exists()
 
 
 @pytest.mark.skipif(HAS_TENSORRT, reason="checks the message where TensorRT is absent")
 def test_build_engine_without_tensorrt_says_how_to_install(tmp_path, net_onnx):
-    with pytest.raises(RuntimeError, match=r"^tensorrt is not installed: pip install psa\[trt\]"):
+    with pytest.raises(BackendError, match=r"^tensorrt is not installed: pip install psa\[trt\]"):
         build_engine(net_onnx, tmp_path / "cam.engine", profile=PROFILE)
 
 

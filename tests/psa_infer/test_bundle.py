@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import subprocess
 import sys
 
 import numpy as np
+import onnx
 import pytest
 from click.testing import CliRunner
 
 from cli import main
 from psa_infer.backends import EngineInfo, sidecar_path
-from psa_infer.bundle import BundleError, bundle_labeler, load_meta, open_bundle
+from psa_infer.bundle import BundleError, bundle_labeler, load_meta, onnx_io_specs, open_bundle
 from psa_infer.palette import load_label_png
 from tests.conftest import ROOT
 
@@ -110,6 +112,170 @@ def test_tensorrt_needs_engines_built_from_this_bundle(bundle):
         bundle_labeler(bundle, backend="tensorrt")
 
 
+# ---------------------------------------------------------------------------- graphs vs meta.json
+
+
+def edit_models(bundle, name, kind, index, shape):
+    """Set meta.json's models.<name>.<kind>[index].shape."""
+    meta = json.loads((bundle / "meta.json").read_text())
+    meta["models"][name][kind][index]["shape"] = shape
+    (bundle / "meta.json").write_text(json.dumps(meta))
+
+
+def replace_model(bundle, name, data: bytes):
+    """Overwrite <name>.onnx with ``data`` and record its sha256, as a careless edit would."""
+    (bundle / f"{name}.onnx").write_bytes(data)
+    meta = json.loads((bundle / "meta.json").read_text())
+    meta["models"][name]["sha256"] = hashlib.sha256(data).hexdigest()
+    (bundle / "meta.json").write_text(json.dumps(meta))
+
+
+@pytest.mark.parametrize("name", ["cam", "rw"])
+@pytest.mark.parametrize(
+    "damage, detail",
+    [
+        (lambda b: b[: len(b) // 2], r"Error parsing message"),  # truncated
+        (lambda b: b"not a model", r"Error parsing message"),
+        (lambda b: b"", r"it has no graph outputs"),  # parses as an empty ModelProto
+    ],
+    ids=["truncated", "garbage", "empty"],
+)
+def test_corrupt_onnx_with_its_sha_updated_is_one_line(bundle, name, damage, detail):
+    replace_model(bundle, name, damage((bundle / f"{name}.onnx").read_bytes()))
+    message = rf"bundle/{name}.onnx: not a readable ONNX model \(.*{detail}.*\)$"
+    with pytest.raises(BundleError, match=message) as e:
+        load_meta(bundle)
+    assert "\n" not in str(e.value)
+    with pytest.raises(BundleError, match=message):
+        open_bundle(bundle)
+    assert load_meta(bundle, check_files=False)["classes"][0] == "background"
+
+
+def test_cli_label_with_a_corrupt_graph_is_one_line_not_a_bug(tiny_bundle, bundle, tmp_path):
+    replace_model(bundle, "rw", b"\x08\x01garbage")
+    args = ["label", str(tiny_bundle.data), "--split", "val", "--backend", "onnxruntime"]
+    r = CliRunner().invoke(main, args + ["--model", str(bundle), "-o", str(tmp_path / "o")])
+    assert r.exit_code == 1, r.output
+    assert "rw.onnx: not a readable ONNX model" in r.output
+    assert "unexpected error" not in r.output and "Traceback" not in r.output
+
+
+@pytest.mark.parametrize(
+    "classes, channels",
+    [
+        (["background", "cat"], 1),  # fewer classes than the graph predicts
+        (["background", "cat", "dog", "cow", "sheep"], 4),  # more
+    ],
+)
+def test_class_count_must_match_the_cam_graph(bundle, classes, channels):
+    # meta.json alone disagrees with itself: refused even without reading the files
+    edit_meta(bundle, classes=classes)
+    message = (
+        rf"bundle/meta.json: 'classes' lists {channels} classes besides background, but "
+        r"models.cam.outputs gives cam.onnx's cams the shape \(B, 2, h, w\): expected "
+        rf"\(B, {channels}, h, w\)"
+    )
+    with pytest.raises(BundleError, match=message):
+        load_meta(bundle, check_files=False)
+    # meta.json edited consistently with itself: the graph gives it away
+    edit_models(bundle, "cam", "outputs", 0, ["B", channels, "h", "w"])
+    edit_models(bundle, "cam", "outputs", 1, ["B", channels])
+    assert load_meta(bundle, check_files=False)["classes"] == classes
+    message = (
+        r"bundle/cam.onnx: the graph's outputs are cams float32 \(B, 2, h, w\), logits float32 "
+        rf"\(B, 2\), \S*bundle/meta.json says cams float32 \(B, {channels}, h, w\)"
+    )
+    with pytest.raises(BundleError, match=message):
+        load_meta(bundle)
+
+
+def test_aff_feature_depth_must_match_the_graph(bundle):
+    edit_models(bundle, "aff", "outputs", 0, ["B", 32, "h", "w"])
+    assert load_meta(bundle, check_files=False)["models"]["aff"]["outputs"][0]["shape"][1] == 32
+    message = (
+        r"bundle/aff.onnx: the graph's outputs are features float32 \(B, 48, h, w\), "
+        r"\S*bundle/meta.json says features float32 \(B, 32, h, w\) — re-export"
+    )
+    with pytest.raises(BundleError, match=message):
+        load_meta(bundle)
+    edit_models(bundle, "aff", "outputs", 0, ["B", "D", "h", "w"])
+    with pytest.raises(BundleError, match=r"meta.json: models.aff.outputs: expected aff.onnx's "):
+        load_meta(bundle, check_files=False)
+
+
+def test_graph_inputs_must_match_meta(bundle):
+    edit_models(bundle, "rw", "inputs", 1, [64, "h", "w"])
+    with pytest.raises(BundleError, match=r"rw.onnx: the graph's inputs are scores float32 \(C, "):
+        load_meta(bundle)
+    # another (readable) graph in aff.onnx's place, its sha256 recorded
+    replace_model(bundle, "aff", (bundle / "rw.onnx").read_bytes())
+    message = (
+        r"aff.onnx: the graph's inputs are scores float32 \(C, h, w\), features float32 "
+        r"\(D, h, w\), \S*meta.json says image float32 \(B, 3, H, W\)"
+    )
+    with pytest.raises(BundleError, match=message):
+        load_meta(bundle)
+
+
+def test_io_specs_of_a_graph_with_a_non_tensor_output():
+    from onnx import TensorProto, helper
+
+    out = helper.make_tensor_sequence_value_info("seq", TensorProto.FLOAT, None)
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n"])
+    graph = helper.make_graph(
+        [helper.make_node("SequenceConstruct", ["x"], ["seq"])], "g", [x], [out]
+    )
+    inputs, outputs = onnx_io_specs(helper.make_model(graph))
+    assert inputs == [{"name": "x", "dtype": "float32", "shape": ["n"]}]
+    assert outputs == [{"name": "seq", "dtype": "onnx-type-0", "shape": []}]  # not a crash
+
+
+def test_external_data_is_refused(bundle):
+    model = onnx.load(bundle / "aff.onnx")
+    onnx.save_model(
+        model,
+        bundle / "aff.onnx",
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location="aff.weights",
+        size_threshold=0,
+    )
+    assert (bundle / "aff.weights").stat().st_size > 0
+    replace_model(bundle, "aff", (bundle / "aff.onnx").read_bytes())
+    message = (
+        r"bundle/aff.onnx: keeps \d+ tensor\(s\) in external data files \(aff.weights\), which "
+        r"meta.json's sha256 does not cover"
+    )
+    with pytest.raises(BundleError, match=message):
+        load_meta(bundle)
+    with pytest.raises(BundleError, match=message):
+        open_bundle(bundle)
+
+
+def test_truncated_engine_sidecar_is_one_line(bundle):
+    (bundle / "cam.engine").write_bytes(b"plan")
+    info = EngineInfo("10.15", "Orin", "fp16", onnx_sha256="0" * 64)
+    sidecar_path(bundle / "cam.engine").write_text(info.to_json()[:40])
+    message = (
+        r"bundle/cam.engine.json: cannot read the engine's sidecar \(.*\) — rebuild it: "
+        r"psa build-engine \S*bundle$"
+    )
+    with pytest.raises(BundleError, match=message):
+        open_bundle(bundle, backend="tensorrt")
+
+
+def test_open_bundle_on_something_else(tmp_path):
+    other = tmp_path / "photos"
+    other.mkdir()
+    (other / "cam.onnx").write_bytes(b"x")
+    with pytest.raises(BundleError, match=r"photos/meta.json: missing — is \S*photos a bundle"):
+        open_bundle(other)
+    with pytest.raises(BundleError, match=r"cam.onnx: not a bundle directory \(expected cam.onnx"):
+        open_bundle(other / "cam.onnx")
+    with pytest.raises(BundleError, match=r"nowhere: not a bundle directory"):
+        open_bundle(tmp_path / "nowhere")
+
+
 # ---------------------------------------------------------------------------- torch-free
 
 # Makes `import torch` fail in the subprocess, as on a Jetson without PyTorch.
@@ -134,10 +300,11 @@ def run_without_torch(code: str) -> subprocess.CompletedProcess:
 def test_labeling_from_a_bundle_needs_no_torch(tiny_bundle, tmp_path):
     code = f"""
 from psa_infer.bundle import bundle_labeler
-from psa_infer.pipeline import Item, label_items
+from psa_infer.datasets import Sample
+from psa_infer.pipeline import label_items
 from pathlib import Path
 images = sorted(Path({str(tiny_bundle.data / "JPEGImages")!r}).glob("*.jpg"))[:2]
-items = [Item(p.stem, p, (1,)) for p in images] + [Item("predicted", images[0], None)]
+items = [Sample(p.stem, p, labels=(1,)) for p in images] + [Sample("predicted", images[0])]
 for walk in ("numpy", "onnx"):
     lab = bundle_labeler({str(tiny_bundle.bundle)!r}, walk=walk)
     stats = label_items(lab, items, Path({str(tmp_path)!r}) / walk, progress=False)
