@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from psa_infer.errors import PsaError
 from psa_infer.randomwalk import _describe
 
 
@@ -58,7 +59,10 @@ def crf_inference(
     try:
         import pydensecrf.densecrf as dcrf
     except ImportError as err:
-        raise ImportError("dense CRF needs pydensecrf2: pip install pydensecrf2") from err
+        raise PsaError(
+            "the dense CRF needs the module 'pydensecrf' (PyPI: pydensecrf2), which is not "
+            "installed: install psa's 'crf' extra (pip install -e '.[crf]' in a checkout)"
+        ) from err
 
     labels = probs.shape[0]
     unary = -np.log(np.clip(probs, np.float32(1e-5), np.float32(1.0)))

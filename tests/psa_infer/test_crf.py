@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from psa_infer.crf import crf_inference
+from psa_infer.errors import PsaError
 
 pytest.importorskip("pydensecrf.densecrf")
 
@@ -89,5 +90,5 @@ def test_bad_iterations():
 
 def test_missing_pydensecrf_is_explained(monkeypatch):
     monkeypatch.setitem(sys.modules, "pydensecrf.densecrf", None)  # makes the import fail
-    with pytest.raises(ImportError, match="dense CRF needs pydensecrf2: pip install pydensecrf2"):
+    with pytest.raises(PsaError, match=r"'pydensecrf' \(PyPI: pydensecrf2\).*'crf' extra"):
         crf_inference(np.zeros((4, 4, 3), np.uint8), np.ones((2, 4, 4), np.float32))
