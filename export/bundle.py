@@ -31,7 +31,7 @@ from pathlib import Path
 from export.engine import EngineError, build_engine
 from export.onnx_export import export_aff, export_cam
 from export.rw_graph import save_rw_model
-from export.verify import VerifyImage
+from psa_infer.artifacts import file_sha256
 from psa_infer.backends import CAM_IMAGE, RW_FEATURES, RW_SCORES
 from psa_infer.bundle import (
     META,
@@ -39,11 +39,11 @@ from psa_infer.bundle import (
     SCHEMA_VERSION,
     BundleError,
     engine_path,
-    file_sha256,
     load_meta,
     onnx_io_specs,
     read_onnx,
 )
+from psa_infer.datasets import Sample
 from psa_infer.pipeline import STRIDE
 from psa_train.config import AffLabelsConfig, LabelConfig, MakeCamConfig
 
@@ -79,7 +79,7 @@ def export_bundle(
     label_cfg: LabelConfig,
     make_cam_cfg: MakeCamConfig,
     opset: int = 17,
-    verify_images: Sequence[VerifyImage] | None = None,
+    verify_images: Sequence[Sample] | None = None,
     aff_labels_cfg: AffLabelsConfig | None = None,
     exporter: str = "torchscript",
 ) -> Path:
@@ -87,8 +87,8 @@ def export_bundle(
 
     ``label_cfg`` gives the walk (alpha, beta, 2**logt steps, radius, pairs), ``make_cam_cfg``
     the scales and flip; ``aff_labels_cfg`` the low/high alphas recorded for reference.
-    ``verify_images`` (``export.verify.VerifyImage``s): run the parity ladder on the finished
-    bundle and keep its report as ``verify.json``; a failed check raises
+    ``verify_images`` (``Sample``s, from ``export.verify.verify_images``): run the parity
+    ladder on the finished bundle and keep its report as ``verify.json``; a failed check raises
     ``export.verify.VerifyError`` and leaves ``out_dir`` as it was.
     """
     from psa_train import __version__

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from psa_infer.artifacts import file_sha256
 from psa_infer.backends import (
     EngineInfo,
     cuda_check,
@@ -30,7 +31,7 @@ from psa_infer.backends import (
     shape_matches,
     sidecar_path,
 )
-from psa_infer.bundle import file_sha256, onnx_io_specs, read_onnx
+from psa_infer.bundle import onnx_io_specs, read_onnx
 from psa_infer.cam import normalize_image
 from psa_infer.errors import PsaError
 

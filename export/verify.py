@@ -59,11 +59,6 @@ class VerifyError(PsaError):
         self.report = report
 
 
-# What the ladder runs on: a data set's samples (labels and masks) or plain images
-# (``labels`` None: the torch classifier's prediction).
-VerifyImage = Sample
-
-
 def verify_images(
     source: str | os.PathLike,
     classes: Sequence[str],

@@ -18,7 +18,6 @@ a graph keeping tensors in external data files is refused (our exporter never wr
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -26,6 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from psa_infer.artifacts import file_sha256
 from psa_infer.backends import (
     AFF_FEATURES,
     AFF_IMAGE,
@@ -339,15 +339,6 @@ def _check_rw_props(path: Path, model, meta: dict) -> None:
                 f"{path}: built with {key}={props.get(key)}, meta.json says {want} — "
                 "re-export the bundle instead of editing meta.json"
             )
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """Hex sha256 of a file, read in 1 MiB chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def walk_params(meta: dict) -> WalkParams:

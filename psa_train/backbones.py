@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from psa_infer.bundle import file_sha256
+from psa_infer.artifacts import file_sha256
 from psa_infer.errors import PsaError
 
 # torchvision's MobileNet_V2_Weights.IMAGENET1K_V1 file, shipped offline by the

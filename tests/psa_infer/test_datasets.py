@@ -5,6 +5,7 @@ import pytest
 from PIL import Image
 
 from psa_infer.datasets import DataError, load_image, open_dataset
+from psa_infer.errors import PsaError
 from tests.conftest import write_voc
 
 
@@ -251,7 +252,7 @@ def test_pixel_limit_and_multipage_files_are_clear_errors(tmp_path, monkeypatch)
     with pytest.raises(DataError, match="PSA_MAX_PIXELS to raise it"):
         load_image(p)
     monkeypatch.setenv("PSA_MAX_PIXELS", "lots")
-    with pytest.raises(DataError, match="PSA_MAX_PIXELS: expected a whole number"):
+    with pytest.raises(PsaError, match="PSA_MAX_PIXELS: expected a whole number"):
         load_image(p)
     monkeypatch.delenv("PSA_MAX_PIXELS")
     t = tmp_path / "pages.tif"
