@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from psa_infer.artifacts import load_aff_scores
 from psa_infer.datasets import Sample, load_image
+from psa_infer.errors import PsaError
 from psa_train import transforms as T
+from psa_train.afflabels import confident_labels, pair_labels
+from psa_train.config import TrainAffConfig
+
+STRIDE = 8
 
 
 class ClsDataset(Dataset):
@@ -46,6 +54,53 @@ class ClsDataset(Dataset):
         for c in s.labels:
             y[c - 1] = 1.0
         return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1))), torch.from_numpy(y)
+
+
+class AffDataset(Dataset):
+    """Images with pair labels at stride 8 for the crop, augmented as the reference (SPEC §3–4).
+
+    The image is colour-jittered (its la/ha score maps are not), both are cropped together into
+    a zero container *before* normalising (so padded image pixels are black and padded scores
+    0, as the reference) and flipped; then the scores are pooled to stride 8 and turned into
+    confident labels and pair labels (bg_pos, fg_pos, neg). Randomness comes from
+    (seed, epoch, index), as in `ClsDataset`.
+    """
+
+    def __init__(self, samples: list[Sample], label_dir: Path, cfg: TrainAffConfig, mean, std):
+        if cfg.crop % STRIDE:
+            raise PsaError(f"train_aff.crop: must be a multiple of {STRIDE}, got {cfg.crop}")
+        self.samples, self.label_dir, self.cfg = samples, Path(label_dir), cfg
+        self.mean, self.std = mean, std
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int):
+        s, cfg = self.samples[i], self.cfg
+        rng = np.random.default_rng([cfg.seed, self.epoch, i])
+        img = load_image(s.image)
+        la, ha, _ = load_aff_scores(self.label_dir / f"{s.id}.npz")
+        if la.shape[1:] != img.shape[:2]:
+            raise PsaError(
+                f"{self.label_dir / s.id}.npz: score maps of size {la.shape[1:]} do not match "
+                f"image {s.image} of size {img.shape[:2]}"
+            )
+        img = T.color_jitter(img, rng, cfg.color_jitter)
+        maps = np.concatenate([la, ha])
+        img, maps = T.random_crop(img, cfg.crop, rng, maps)
+        if cfg.hflip and rng.random() < 0.5:
+            img, maps = img[:, ::-1], maps[:, :, ::-1]
+        x = T.normalize(np.ascontiguousarray(img), self.mean, self.std)
+        k = la.shape[0]
+        label = confident_labels(maps[:k], maps[k:], stride=STRIDE)
+        bg_pos, fg_pos, neg = pair_labels(label, radius=cfg.radius, pairs=cfg.pairs)
+        return (
+            torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1))),
+            torch.from_numpy(bg_pos),
+            torch.from_numpy(fg_pos),
+            torch.from_numpy(neg),
+        )
 
 
 def center_crop(x: np.ndarray, size: int) -> np.ndarray:
