@@ -224,6 +224,8 @@ def test_affinity_head_widths_are_a_recipe_value_that_the_checkpoint_keeps(tmp_p
         "kind": "aff",
         "backbone": "tiny",
         "classes": ["background", "a"],
+        "mean": [0.485, 0.456, 0.406],
+        "std": [0.229, 0.224, 0.225],
         "widths": [8, 12, 20],
     }
     save_checkpoint(tmp_path / "aff", model.state_dict(), meta)
