@@ -4,10 +4,20 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
+
+from psa_infer.errors import PsaError
+
+# Config fields a resume may change: where the run computes, not what it computes. Workers
+# change no byte (each item is seeded by (seed, epoch, index), the order and the worker seeds
+# by the loader's per-epoch generator); another device changes the arithmetic, so the bytes
+# are then those of neither machine's uninterrupted run, but the run is still the same recipe.
+RESUME_MAY_CHANGE = frozenset({"device", "num_workers"})
 
 
 def resolve_device(name: str) -> torch.device:
@@ -17,9 +27,9 @@ def resolve_device(name: str) -> torch.device:
     try:
         dev = torch.device(name)
     except RuntimeError:
-        raise ValueError(f"device: expected auto, cpu, cuda or cuda:N, got {name!r}") from None
+        raise PsaError(f"device: expected auto, cpu, cuda or cuda:N, got {name!r}") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device: {name} requested but CUDA is not available here")
+        raise PsaError(f"device: {name} requested but CUDA is not available here")
     return dev
 
 
@@ -77,6 +87,27 @@ class MetricsLog:
         with self.path.open("a") as f:
             f.write(json.dumps(row) + "\n")
 
+    def keep_until(self, epoch: int) -> None:
+        """Drop the rows of epochs after ``epoch`` (all of them for a fresh start).
+
+        A run killed after an epoch's row but before its checkpoint repeats that epoch when
+        resumed; without this its row would appear twice. A torn last line is dropped too.
+        """
+        if not self.path.exists():
+            return
+        keep = []
+        for line in self.path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            row_epoch = row.get("epoch") if isinstance(row, dict) else None
+            if isinstance(row_epoch, int) and row_epoch <= epoch:
+                keep.append(line + "\n")
+        tmp = self.path.with_name(f".{self.path.name}.tmp{os.getpid()}")
+        tmp.write_text("".join(keep))
+        os.replace(tmp, self.path)
+
 
 def optimizer_state(opt: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
     """SGD momentum buffers as flat named tensors (safetensors holds no nested state)."""
@@ -98,6 +129,88 @@ def restore_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tenso
                 opt.state[p]["momentum_buffer"] = buf.to(p.device).clone()
 
 
+def rng_state() -> dict[str, torch.Tensor]:
+    """Every global generator training draws from, as uint8 tensors (no pickles).
+
+    ``rng.torch``: torch's CPU generator (Dropout2d, the validation loader's base seed);
+    ``rng.cuda.<i>``: each CUDA device's, where CUDA is in use; ``rng.numpy`` / ``rng.python``:
+    numpy's and Python's global generators as UTF-8 JSON.
+    """
+    state = {"rng.torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            state[f"rng.cuda.{i}"] = s
+    np_state = np.random.get_state(legacy=False)
+    np_state["state"]["key"] = np_state["state"]["key"].tolist()
+    state["rng.numpy"] = _json_tensor(np_state)
+    state["rng.python"] = _json_tensor(random.getstate())
+    return state
+
+
+def restore_rng(tensors: dict[str, torch.Tensor], where: str) -> None:
+    """Put back the generators saved by `rng_state` (CUDA ones for the devices present)."""
+    from psa_train.checkpoint import CheckpointError
+
+    for key in ("rng.torch", "rng.numpy", "rng.python"):
+        if key not in tensors:
+            raise CheckpointError(
+                f"{where}: no {key} (written by an older psa?), so a resume would not repeat "
+                "the run; train into a new OUT without --resume"
+            )
+    torch.set_rng_state(tensors["rng.torch"])
+    if torch.cuda.is_available():
+        for i in range(torch.cuda.device_count()):
+            if f"rng.cuda.{i}" in tensors:
+                torch.cuda.set_rng_state(tensors[f"rng.cuda.{i}"], i)
+    np_state = _from_json_tensor(tensors["rng.numpy"])
+    np_state["state"]["key"] = np.asarray(np_state["state"]["key"], np.uint32)
+    np.random.set_state(np_state)
+    version, internal, gauss = _from_json_tensor(tensors["rng.python"])
+    random.setstate((version, tuple(internal), gauss))
+
+
+def _json_tensor(obj) -> torch.Tensor:
+    return torch.frombuffer(bytearray(json.dumps(obj).encode()), dtype=torch.uint8)
+
+
+def _from_json_tensor(t: torch.Tensor):
+    return json.loads(bytes(t.numpy()).decode())
+
+
+def check_resume(saved: dict, meta: dict, epochs: int, where: str) -> int:
+    """The epoch ``saved`` (a ``last`` checkpoint's metadata) ends, once it is this run's.
+
+    This run's metadata (kind, backbone, classes, mean/std, …) must match, and so must its stage
+    config except `RESUME_MAY_CHANGE`: a resume with another recipe (more epochs included: the
+    poly schedule depends on them) would be a run that no uninterrupted run repeats.
+    """
+    from psa_train.checkpoint import CheckpointError
+
+    def plain(v):
+        return json.loads(json.dumps(v))
+
+    missing = "(missing)"
+    for key in meta:
+        if key != "config" and saved.get(key, missing) != plain(meta[key]):
+            raise CheckpointError(
+                f"{where}: saved with {key} {saved.get(key, missing)!r}, this run has "
+                f"{meta[key]!r}; --resume continues the same run only"
+            )
+    old, new = saved.get("config"), plain(meta["config"])
+    if not isinstance(old, dict):
+        raise CheckpointError(f"{where}: no stage config in the checkpoint's metadata")
+    for key in sorted(set(old) | set(new)):
+        if key not in RESUME_MAY_CHANGE and old.get(key, missing) != new.get(key, missing):
+            raise CheckpointError(
+                f"{where}: saved with train_{meta['kind']}.{key}={old.get(key, missing)!r}, "
+                f"this run has {new.get(key, missing)!r}; a resume must use the same config"
+            )
+    epoch = saved.get("epoch")
+    if not isinstance(epoch, int) or isinstance(epoch, bool) or not 0 <= epoch <= epochs:
+        raise CheckpointError(f"{where}: epoch {epoch!r} is not one of this run's (0..{epochs})")
+    return epoch
+
+
 def fit(
     model: torch.nn.Module,
     dataset,
@@ -115,18 +228,28 @@ def fit(
     ``dataset`` has an ``epoch`` attribute (seeds its augmentation); ``step_loss(model, batch)``
     returns the loss tensor and a dict of floats to log; ``validate(model)`` (optional) returns
     a dict of floats once per epoch. Writes ``metrics.jsonl``, ``last.safetensors`` after every
-    epoch (weights + momentum, for ``resume``) and ``<name>.safetensors`` at the end
-    (``name`` is the checkpoint kind, "cam" or "aff").
+    epoch (weights, momentum and RNG states, for ``resume``) and ``<name>.safetensors`` at the
+    end (``name`` is the checkpoint kind, "cam" or "aff").
+
+    ``resume`` continues from ``out/last.safetensors`` (a fresh start where there is none), so
+    that the final bytes equal an uninterrupted run's on the same machine; `check_resume` says
+    which checkpoints qualify.
     """
     from torch.utils.data import DataLoader
     from tqdm import tqdm
 
-    from psa_train.checkpoint import load_checkpoint, load_state_strict, save_checkpoint
+    from psa_train.checkpoint import (
+        kill_point_for_tests,
+        load_checkpoint,
+        load_state_strict,
+        repair_sidecar,
+        save_checkpoint,
+    )
     from psa_train.networks import param_groups
 
     steps_per_epoch = len(dataset) // cfg.batch_size  # drop_last, as the reference
     if steps_per_epoch == 0:
-        raise ValueError(
+        raise PsaError(
             f"{cfg.train_split}: {len(dataset)} images is fewer than one batch of {cfg.batch_size}"
         )
     max_step = steps_per_epoch * cfg.epochs
@@ -136,14 +259,18 @@ def fit(
     start_epoch = 0
     last = out / "last"
     if resume and last.with_suffix(".safetensors").exists():
-        tensors, lmeta = load_checkpoint(last, kind=meta["kind"])
+        where = str(last.with_suffix(".safetensors"))
+        tensors, saved = load_checkpoint(last, kind=meta["kind"])
+        start_epoch = check_resume(saved, meta, cfg.epochs, where)
         weights = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
-        load_state_strict(model, weights, str(last))
+        load_state_strict(model, weights, where)
         restore_optimizer(opt, tensors)
-        start_epoch = int(lmeta["epoch"])
+        restore_rng(tensors, where)
         fast_forward(sched, start_epoch * steps_per_epoch)
+        repair_sidecar(last)
 
     log = MetricsLog(out / "metrics.jsonl")
+    log.keep_until(start_epoch)
     for epoch in range(start_epoch, cfg.epochs):
         dataset.epoch = epoch
         g = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
@@ -167,6 +294,7 @@ def fit(
             opt.step()
             sched.step()
             n += 1
+            kill_point_for_tests("step", epoch * steps_per_epoch + n)
             for k, v in {"loss": loss.item(), **parts}.items():
                 sums[k] = sums.get(k, 0.0) + v
             bar.set_postfix(loss=f"{sums['loss'] / n:.4f}")
@@ -175,8 +303,10 @@ def fit(
         if validate is not None:
             row.update(validate(model))
         log.write(**row)
+        kill_point_for_tests("log", epoch + 1)
         if progress:
             tqdm.write("  ".join(f"{k}={v:.4g}" for k, v in row.items()))
         state = {f"model.{k}": v for k, v in model.state_dict().items()}
-        save_checkpoint(last, {**state, **optimizer_state(opt)}, {**meta, "epoch": epoch + 1})
+        state = {**state, **optimizer_state(opt), **rng_state()}
+        save_checkpoint(last, state, {**meta, "epoch": epoch + 1})
     return save_checkpoint(out / name, model.state_dict(), {**meta, "epoch": cfg.epochs})

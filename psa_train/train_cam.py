@@ -2,8 +2,8 @@
 
 Multi-label soft-margin loss on GAP logits of a bias-free 1×1 classifier, lr multipliers per
 parameter group, poly decay, frozen BN and early blocks. Writes into ``out``:
-``config.yaml`` (resolved), ``metrics.jsonl``, ``last.safetensors`` (+ optimiser state, for
-``--resume``) and, at the end, ``cam.safetensors`` + ``cam.json``.
+``config.yaml`` (resolved), ``metrics.jsonl``, ``last.safetensors`` (+ optimiser and RNG
+state, for ``--resume``) and, at the end, ``cam.safetensors`` + ``cam.json``.
 """
 
 from __future__ import annotations
