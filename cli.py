@@ -14,9 +14,9 @@ from pathlib import Path
 
 import click
 
-# The keys of psa_train.backbones.BACKBONES (a test keeps them equal); listed here so that
-# `psa --help` and the torch-free commands do not import torch.
-BACKBONE_NAMES = ("tiny", "mobilenet_v2", "mobilenet_v2_d12", "resnet38")
+# The keys of psa_train.backbones.BACKBONES (a test keeps them equal), without importing torch.
+from psa_train.config import BACKBONE_NAMES
+
 CONFIG_HELP = "Recipe YAML (sections train_cam, make_cam, …); defaults are the reference's."
 SET_HELP = "Override one config value, e.g. --set train_cam.epochs=3 (repeatable)."
 
@@ -42,9 +42,11 @@ def friendly(fn):
     def wrapper(*args, **kwargs):
         from psa_infer.datasets import max_pixels
         from psa_infer.errors import PsaError, missing_module_message
+        from psa_infer.randomwalk import check_walk_env
 
         try:
             max_pixels()  # environment settings first, before any work
+            check_walk_env()
             return fn(*args, **kwargs)
         except (click.ClickException, click.exceptions.Exit, click.Abort, KeyboardInterrupt):
             raise

@@ -494,6 +494,36 @@ def load_image(path: str | Path, limit: int | None = None):
         raise DataError(f"{path}: not a readable image ({e})") from None
 
 
+def check_images(samples: list[Sample], what: str) -> None:
+    """Open every image's header (no decoding): a training run refuses unreadable files
+    before its first epoch rather than after minutes of work. One DataError lists them."""
+    from PIL import Image
+
+    bad = []
+    limit = max_pixels()
+    for s in samples:
+        try:
+            with _PILLOW_LIMIT:
+                saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+                try:
+                    im = Image.open(s.image)
+                finally:
+                    Image.MAX_IMAGE_PIXELS = saved
+            with im:
+                w, h = im.size
+                if w * h > limit or getattr(im, "n_frames", 1) > 1:
+                    load_image(s.image, limit)  # for its message
+        except DataError as e:
+            bad.append(str(e))
+        except (OSError, ValueError, SyntaxError, EOFError) as e:
+            bad.append(f"{s.image}: not a readable image ({e})")
+    if bad:
+        more = f" (+{len(bad) - 1} more)" if len(bad) > 1 else ""
+        raise DataError(
+            f"{what}: {len(bad)} of {len(samples)} images cannot be used: {bad[0]}{more}"
+        )
+
+
 def _to_rgb(im):
     """Any Pillow image → (H, W, 3) uint8 RGB (see ``load_image``)."""
     import numpy as np

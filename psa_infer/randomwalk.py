@@ -171,6 +171,25 @@ def _transition_weights(
     return shifts, weights[: len(shifts)].reshape(len(shifts), h * w)
 
 
+def walk_threads() -> int:
+    """Threads for the compiled walk: ``PSA_RW_THREADS`` if set, else the CPUs this process may
+    use. Cheap (no numba import), so commands check the variable before any work."""
+    env = os.environ.get("PSA_RW_THREADS", "").strip()
+    if env:
+        if not env.isdigit() or int(env) < 1:
+            raise PsaError(f"PSA_RW_THREADS: expected an integer >= 1, got {env!r}")
+        return int(env)
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1)
+
+
+def check_walk_env() -> None:
+    """``PSA_RW_KERNEL`` and ``PSA_RW_THREADS`` are valid (a PsaError naming the variable)."""
+    walk_threads()
+    choice = os.environ.get("PSA_RW_KERNEL", "auto").strip().lower() or "auto"
+    if choice not in KERNELS:
+        raise PsaError(f"PSA_RW_KERNEL: expected one of {', '.join(KERNELS)}, got {choice!r}")
+
+
 def walk_kernel() -> str:
     """The walk loop in use: ``"numba"`` (compiled) or ``"numpy"``.
 

@@ -12,13 +12,12 @@ are independent walks, so they are spread over threads (the kernel releases the 
 
 from __future__ import annotations
 
-import os
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from numba import njit
 
-from psa_infer.errors import PsaError
+from psa_infer.randomwalk import walk_threads
 
 _ACC_FLOATS = 4096  # accumulator: channels × block pixels of float32, 16 KB (stays in L1)
 
@@ -92,16 +91,6 @@ def channel_abs_sum(f, dy, dx, y0, y1, x0, x1):  # pragma: no cover - compiled
 
 
 _pool: ThreadPoolExecutor | None = None
-
-
-def walk_threads() -> int:
-    """Threads for the walk: ``PSA_RW_THREADS`` if set, else the CPUs this process may use."""
-    env = os.environ.get("PSA_RW_THREADS", "").strip()
-    if env:
-        if not env.isdigit() or int(env) < 1:
-            raise PsaError(f"PSA_RW_THREADS: expected an integer >= 1, got {env!r}")
-        return int(env)
-    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1)
 
 
 def walk(v: np.ndarray, shifts: list[int], weights: np.ndarray, steps: int) -> np.ndarray:

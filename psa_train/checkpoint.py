@@ -164,7 +164,7 @@ def load_checkpoint(
 
 def sha256(path: str | Path) -> str:
     """Hex sha256 of a file (the export bundle records its source checkpoints by hash)."""
-    from psa_infer.bundle import file_sha256
+    from psa_infer.artifacts import file_sha256
 
     return file_sha256(_paths(path)[0])
 

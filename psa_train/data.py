@@ -9,13 +9,12 @@ import torch
 from torch.utils.data import Dataset
 
 from psa_infer.artifacts import load_aff_scores
+from psa_infer.cam import STRIDE
 from psa_infer.datasets import Sample, load_image
 from psa_infer.errors import PsaError
 from psa_train import transforms as T
 from psa_train.afflabels import confident_labels, pair_labels
 from psa_train.config import TrainAffConfig
-
-STRIDE = 8
 
 
 class ClsDataset(Dataset):
@@ -67,8 +66,6 @@ class AffDataset(Dataset):
     """
 
     def __init__(self, samples: list[Sample], label_dir: Path, cfg: TrainAffConfig, mean, std):
-        if cfg.crop % STRIDE:
-            raise PsaError(f"train_aff.crop: must be a multiple of {STRIDE}, got {cfg.crop}")
         self.samples, self.label_dir, self.cfg = samples, Path(label_dir), cfg
         self.mean, self.std = mean, std
         self.epoch = 0

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from psa_infer.datasets import DataSet
+from psa_infer.datasets import DataSet, check_images
 from psa_infer.errors import PsaError
 from psa_train.checkpoint import load_checkpoint, load_state_strict
 from psa_train.common import fit, start_stage
@@ -39,11 +39,10 @@ def train_aff(
     """Train AffinityNet on the la/ha maps in ``label_dir``; returns the checkpoint path."""
     from psa_train.networks import affinity_loss, pair_affinity_torch
 
-    if cfg.pairs not in ("psa", "full"):
-        raise PsaError(f"train_aff.pairs: expected 'psa' or 'full', got {cfg.pairs!r}")
     out, device = start_stage(out, cfg)
     torch.manual_seed(cfg.seed)
     samples = dataset.split(cfg.train_split)
+    check_images(samples, f"train_aff.train_split '{cfg.train_split}'")
     missing = [s.id for s in samples if not (Path(label_dir) / f"{s.id}.npz").exists()]
     if missing:
         raise PsaError(

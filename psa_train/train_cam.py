@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from psa_infer.datasets import DataError, DataSet
+from psa_infer.datasets import DataError, DataSet, check_images
 from psa_train.checkpoint import load_checkpoint, load_state_strict
 from psa_train.common import fit, start_stage
 from psa_train.config import TrainCamConfig, to_dict
@@ -44,7 +44,9 @@ def train_cam(
     """Train the classifier on ``dataset``'s ``cfg.train_split``; returns the checkpoint path."""
     out, device = start_stage(out, cfg)
     torch.manual_seed(cfg.seed)
-    ds = ClsDataset(dataset.split(cfg.train_split), dataset.num_classes, cfg, train=True)
+    samples = dataset.split(cfg.train_split)
+    check_images(samples, f"train_cam.train_split '{cfg.train_split}'")
+    ds = ClsDataset(samples, dataset.num_classes, cfg, train=True)
     model = build_cam_model(cfg.backbone, cfg.weights, dataset.num_classes).to(device)
     meta = {
         "kind": "cam",

@@ -576,3 +576,14 @@ def test_a_missing_extra_names_the_extra(ws):
     assert r.returncode == 1, r.stderr[-1500:]
     assert "Traceback" not in r.stderr
     assert re.search(r"module 'safetensors'.*'train' extra", r.stderr.strip().splitlines()[-1])
+
+
+def test_training_refuses_unreadable_images_before_the_first_epoch(ws):
+    (ws / "data" / "JPEGImages" / "img_001.jpg").write_bytes(b"not a jpeg")
+    r = expect(
+        ws,
+        TRAIN_CAM,
+        1,
+        r"train_split 'train': 1 of 3 images cannot be used: .*img_001.jpg: not a readable",
+    )
+    assert not (ws / "out" / "last.safetensors").exists(), r.changed

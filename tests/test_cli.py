@@ -99,10 +99,3 @@ def test_shard_parsing():
     assert _parse_shard("1/4") == (1, 4)
     with pytest.raises(Exception, match="need 0 <= i < n"):
         _parse_shard("4/4")
-
-
-def test_cli_backbone_choices_match_the_backbone_dict():
-    from cli import BACKBONE_NAMES
-    from psa_train.backbones import BACKBONES
-
-    assert tuple(BACKBONES) == BACKBONE_NAMES

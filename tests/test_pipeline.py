@@ -201,12 +201,15 @@ def test_bad_inputs_are_one_line_errors(chain, tmp_path):
         ],
     )
     assert r.exit_code == 1 and "expected a cam checkpoint, got kind 'aff'" in r.output
-    # a checkpoint whose sidecar names another backbone than its weights
+    # a checkpoint whose metadata names another backbone than its weights
+    from safetensors.torch import load_file, save_file
+
     meta = json.loads((chain / "cam" / "cam.json").read_text())
     bad = tmp_path / "bad"
     bad.mkdir()
-    (bad / "cam.safetensors").write_bytes((chain / "cam" / "cam.safetensors").read_bytes())
-    (bad / "cam.json").write_text(json.dumps({**meta, "backbone": "mobilenet_v2"}))
+    tensors = load_file(chain / "cam" / "cam.safetensors")
+    header = {"psa": json.dumps({**meta, "backbone": "mobilenet_v2"})}
+    save_file(tensors, bad / "cam.safetensors", header)
     r = CliRunner().invoke(
         main,
         [
@@ -229,26 +232,24 @@ def test_bad_inputs_are_one_line_errors(chain, tmp_path):
         main,
         ["make-aff-labels", str(chain / "data"), "--cams", str(cams), "-o", str(tmp_path / "al")],
     )
-    assert r.exit_code == 1
-    assert "expected 'cam' of shape (K, H, W) float32, got (21, 353) float64" in r.output
+    assert r.exit_code == 3  # every image failed; each is listed, none stops the others
+    failures = (tmp_path / "al" / "failures.jsonl").read_text()
+    assert "expected 'cam' of shape (K, H, W) float32, got (21, 353) float64" in failures
+    assert "images failed make-aff-labels" in r.stderr
 
 
-def test_resume_continues_from_last_epoch(chain, tmp_path):
+def test_resume_of_a_finished_run_repeats_nothing_and_another_config_is_refused(chain, tmp_path):
     import shutil
 
     shutil.copytree(chain / "cam", tmp_path / "cam")
-    run(
-        "train-cam",
-        chain / "data",
-        "-o",
-        tmp_path / "cam",
-        "--resume",
-        *TINY,
-        "--set",
-        "train_cam.epochs=2",
-    )
+    args = ["train-cam", chain / "data", "-o", tmp_path / "cam", "--resume", *TINY]
+    run(*args)
     rows = (tmp_path / "cam" / "metrics.jsonl").read_text().splitlines()
-    assert [json.loads(r)["epoch"] for r in rows] == [1, 2]  # epoch 1 not repeated
+    assert [json.loads(r)["epoch"] for r in rows] == [1]  # epoch 1 not repeated
+    # more epochs change the poly schedule of every step: that is another run, not a resume
+    r = CliRunner().invoke(main, [str(a) for a in args] + ["--set", "train_cam.epochs=2"])
+    assert r.exit_code == 1
+    assert "saved with train_cam.epochs=1, this run has 2" in r.stderr
 
 
 def test_demo_prints_result_line_and_overview(tmp_path):
