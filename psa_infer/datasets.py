@@ -454,9 +454,8 @@ def load_image(path: str | Path, limit: int | None = None):
     Raises:
         DataError: one line naming the file.
     """
-    import warnings
 
-    from PIL import Image, ImageOps
+    from PIL import Image
 
     limit = max_pixels() if limit is None else limit
     try:
@@ -479,10 +478,7 @@ def load_image(path: str | Path, limit: int | None = None):
                     f"{path}: holds {frames} pages or frames; save the one to label as an "
                     "image of its own"
                 )
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # EXIF oddities: the image still reads
-                im = ImageOps.exif_transpose(im)
-            return _to_rgb(im)
+            return pil_to_rgb(im)
     except FileNotFoundError:
         raise DataError(f"{path}: image file does not exist") from None
     except IsADirectoryError:
@@ -524,10 +520,17 @@ def check_images(samples: list[Sample], what: str) -> None:
         )
 
 
-def _to_rgb(im):
-    """Any Pillow image → (H, W, 3) uint8 RGB (see ``load_image``)."""
+def pil_to_rgb(im):
+    """Any Pillow image → (H, W, 3) uint8 RGB as displayed (EXIF orientation, 16 bits, every
+    mode, transparency over white: see ``load_image``)."""
+    import warnings
+
     import numpy as np
-    from PIL import Image
+    from PIL import Image, ImageOps
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # EXIF oddities: the image still reads
+        im = ImageOps.exif_transpose(im)
 
     if im.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
         a = np.asarray(im)

@@ -14,6 +14,8 @@ large network inputs run in tiles (``Labeler.tile``, ``psa_infer.cam.forward_til
 
 from __future__ import annotations
 
+import json
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -96,6 +98,12 @@ def crf_refine(img: np.ndarray, scores: np.ndarray) -> np.ndarray:
     return crf_inference(img, p.astype(np.float32))
 
 
+def classes_above(scores: np.ndarray, threshold: float | Sequence[float]) -> tuple[int, ...]:
+    """Class ids 1..C whose score exceeds its threshold (a number, or one per class)."""
+    t = np.broadcast_to(np.asarray(threshold, np.float32), scores.shape)
+    return tuple(int(c) + 1 for c in np.flatnonzero(scores > t))
+
+
 @contextmanager
 def _timed(times: dict[str, float] | None, stage: str) -> Iterator[None]:
     """Add the seconds the block takes to ``times[stage]`` (nothing when ``times`` is None)."""
@@ -129,13 +137,18 @@ class Labeler:
     tile: int | None = TILE
     tile_margin: int = TILE_MARGIN
 
-    def predict_classes(self, img: np.ndarray, threshold: float) -> tuple[int, ...]:
-        """Classes whose sigmoid(logit) exceeds ``threshold`` (for untagged images)."""
+    def class_scores(self, img: np.ndarray) -> np.ndarray:
+        """sigmoid(logit) of every foreground class for the whole image, (C,) float32."""
         if self.classify is None:
             raise PsaError("this backend cannot predict classes (no classifier output)")
         logits = self.classify(normalize_image(img, self.mean, self.std)[None])[0]
-        prob = 1 / (1 + np.exp(-logits))
-        return tuple(int(c) + 1 for c in np.flatnonzero(prob > threshold))
+        return (1 / (1 + np.exp(-np.asarray(logits, np.float64)))).astype(np.float32)
+
+    def predict_classes(
+        self, img: np.ndarray, threshold: float | Sequence[float]
+    ) -> tuple[int, ...]:
+        """Classes whose score (``class_scores``) exceeds ``threshold`` (one, or one per class)."""
+        return classes_above(self.class_scores(img), threshold)
 
     def features(self, img: np.ndarray, normalized: np.ndarray | None = None) -> np.ndarray:
         """Affinity features of the zero-padded (after normalising) image, (D, Hp/8, Wp/8).
@@ -195,26 +208,171 @@ class Labeler:
             return scores_to_label(scores, keys, (h, w))
 
 
+RECORDS = "labels.jsonl"
+
+
+def label_record(
+    sample: Sample,
+    label: np.ndarray,
+    classes: Sequence[int],
+    class_names: Sequence[str] | None,
+    scores: np.ndarray | None = None,
+    **extra,
+) -> dict:
+    """What a script wants to know of one labeled image (one line of ``labels.jsonl``).
+
+    ``id``, ``source`` (the image path, or None), ``size`` [H, W], ``classes`` — each present
+    class with its ``name``, ``id``, whether it was ``given`` or ``predicted`` and, when the
+    classifier ran, its ``score`` —, ``scores`` (every class, when predicted), ``pixels``
+    (share of the label map per class name present, ``ignore`` for 255), then ``extra``
+    (backend, walk, crf, seconds, …).
+    """
+    names = list(class_names) if class_names else [str(i) for i in range(256)]
+    origin = "given" if sample.labels is not None else "predicted"
+    entries = []
+    for c in sorted(set(int(c) for c in classes)):
+        e = {"name": names[c], "id": c, "source": origin}
+        if scores is not None:
+            e["score"] = round(float(scores[c - 1]), 4)
+        entries.append(e)
+    ids, counts = np.unique(label, return_counts=True)
+    pixels = {
+        ("ignore" if i == 255 else names[i]): round(int(n) / label.size, 4)
+        for i, n in zip(ids.tolist(), counts.tolist(), strict=True)
+    }
+    record = {
+        "id": sample.id,
+        "source": str(sample.image) if sample.image is not None else None,
+        "size": [int(label.shape[0]), int(label.shape[1])],
+        "classes": entries,
+    }
+    if scores is not None:
+        record["scores"] = {names[c + 1]: round(float(v), 4) for c, v in enumerate(scores)}
+    return {**record, "pixels": pixels, **extra}
+
+
+@dataclass(frozen=True)
+class LabelResult:
+    """One labeled image: ``label`` (H, W) uint8 class ids, ``record`` (``label_record``)."""
+
+    label: np.ndarray
+    record: dict
+
+
+def label_image(
+    labeler: Labeler,
+    image,
+    class_names: Sequence[str],
+    classes: Sequence[str] | None = None,
+    threshold: float | Sequence[float] = 0.5,
+    crf: bool = False,
+    info: dict | None = None,
+) -> LabelResult:
+    """Label one image given as a path, a PIL image or an (H, W, 3) uint8 array.
+
+    ``classes`` are names from ``class_names`` (background first); None predicts them with
+    ``threshold``. The API behind ``Bundle.label``.
+    """
+    from pathlib import Path
+
+    from psa_infer.datasets import DataError, class_ids, load_image
+
+    t0 = time.perf_counter()
+    source = None
+    if isinstance(image, (str, Path)):
+        source, image = Path(image), load_image(image)
+    elif hasattr(image, "convert") and hasattr(image, "size"):  # a PIL image
+        from psa_infer.datasets import pil_to_rgb
+
+        image = pil_to_rgb(image)
+    image = np.asarray(image)
+    if image.ndim == 2:
+        image = np.repeat(image[..., None], 3, axis=2)
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8 or not image.size:
+        raise DataError(f"image: expected (H, W, 3) uint8 RGB, got {image.shape} {image.dtype}")
+    names = tuple(class_names)
+    ids = None if classes is None else class_ids(list(classes), names, "classes")
+    scores = None
+    if ids is None:
+        scores = labeler.class_scores(image)
+        ids = classes_above(scores, threshold)
+    label = labeler.label(image, ids, crf=crf)
+    sample = Sample(
+        source.stem if source else "image", source, None, None if scores is not None else ids
+    )
+    extra = {**(info or {}), "crf": crf, "seconds": round(time.perf_counter() - t0, 4)}
+    return LabelResult(label, label_record(sample, label, ids, names, scores, **extra))
+
+
+class _Records:
+    """``labels.jsonl``: a line appended per labeled image, compacted (last line per id wins,
+    torn lines dropped) and rewritten atomically at the end, so a kill at any point and a re-run
+    leave one record per image."""
+
+    def __init__(self, path) -> None:
+        self.path = path
+        self.rows: dict[str, dict] = {}
+        if path.exists():
+            for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # the torn last line of a killed run
+                if isinstance(row, dict) and isinstance(row.get("id"), str):
+                    self.rows[row["id"]] = row
+        self.file = None
+
+    def add(self, row: dict) -> None:
+        if self.file is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.file = self.path.open("a", encoding="utf-8")
+        self.file.write(json.dumps(row) + "\n")
+        self.file.flush()
+        self.rows[row["id"]] = row
+
+    def close(self) -> None:
+        import os
+
+        from psa_infer.palette import atomic_path
+
+        if self.file is not None:
+            self.file.close()
+        if self.rows:
+            tmp = atomic_path(self.path)
+            tmp.write_text("".join(json.dumps(r) + "\n" for r in self.rows.values()), "utf-8")
+            os.replace(tmp, self.path)
+
+
 def label_items(
     labeler: Labeler,
     items: Sequence[Sample],
     out_dir,
     crf: bool = False,
-    class_threshold: float = 0.5,
+    class_threshold: float | Sequence[float] = 0.5,
     cam_dir=None,
     progress: bool = True,
     num_classes: int | None = None,
     shard: tuple[int, int] = (0, 1),
     fail_fast: bool = False,
+    class_names: Sequence[str] | None = None,
+    info: dict | None = None,
+    overwrite: bool = False,
+    overlay: bool = False,
+    verbose: bool = False,
 ) -> dict:
     """Label every sample into ``out_dir/<id>.png``; images already written are skipped.
 
-    ``Sample.labels`` None: the classes are predicted (``class_threshold``). ``shard = (i,
-    n)`` keeps every n-th item starting at i, so n processes never collide. An image that
-    fails with a user error is listed in ``out_dir/failures.jsonl`` and the others go on
-    (``psa_infer.runs``). Returns counts (labeled, skipped, failed) and seconds per image.
+    ``Sample.labels`` None: the classes are predicted (``class_threshold``: one, or one per
+    class). ``shard = (i, n)`` keeps every n-th item starting at i, so n processes never
+    collide. An image that fails with an error about its files is listed in
+    ``out_dir/failures.jsonl`` and the others go on (``psa_infer.runs``). Each labeled image
+    gets a line in ``out_dir/labels.jsonl`` (``label_record``, plus ``info`` such as backend and
+    walk); ``overlay`` also writes ``out_dir/overlays/<id>.jpg`` for people;
+    ``overwrite`` relabels images already done. Returns counts (labeled, skipped, failed).
     """
     from pathlib import Path
+
+    from tqdm import tqdm
 
     from psa_infer.artifacts import load_cam
     from psa_infer.datasets import load_image, output_path
@@ -224,28 +382,49 @@ def label_items(
     out_dir = Path(out_dir)
     i, n = shard
     mine = list(items)[i::n]
+    suffix = "" if n == 1 else f".{i}of{n}"
+    records = _Records(out_dir / (RECORDS if n == 1 else f"labels{suffix}.jsonl"))
+    names = list(class_names) if class_names else None
+    if overlay and names is None:
+        raise PsaError("overlays need the class names (class_names)")
 
     def work(s: Sample) -> None:
+        t0 = time.perf_counter()
         img = load_image(s.image)
-        classes = s.labels
+        classes, scores = s.labels, None
         if classes is None:
-            classes = labeler.predict_classes(img, class_threshold)
+            scores = labeler.class_scores(img)
+            classes = classes_above(scores, class_threshold)
         cams = None
         if cam_dir is not None and (Path(cam_dir) / f"{s.id}.npz").exists():
             cams, keys = load_cam(Path(cam_dir) / f"{s.id}.npz", num_classes, img.shape[:2])
             if tuple(keys.tolist()) != tuple(sorted(classes)):
                 cams = None  # saved for other classes: recompute
-        save_label_png(output_path(out_dir, s.id, ".png"), labeler.label(img, classes, cams, crf))
+        label = labeler.label(img, classes, cams, crf)
+        if overlay:
+            from psa_infer.visualize import save_overlay
 
-    failures = FAILURES if n == 1 else f"failures.{i}of{n}.jsonl"
-    stats = run_items(
-        mine,
-        out_dir,
-        lambda s: output_path(out_dir, s.id, ".png").exists(),
-        work,
-        desc="label",
-        fail_fast=fail_fast,
-        progress=progress,
-        failures_name=failures,
-    )
+            save_overlay(output_path(out_dir / "overlays", s.id, ".jpg"), img, label, names)
+        extra = {**(info or {}), "crf": crf, "seconds": round(time.perf_counter() - t0, 4)}
+        row = label_record(s, label, classes, names, scores, **extra)
+        records.add(row)  # before the label map: a map on disk always has its record
+        save_label_png(output_path(out_dir, s.id, ".png"), label)
+        if verbose:
+            found = ", ".join(c["name"] for c in row["classes"]) or "background only"
+            tqdm.write(f"{s.id}: {found} ({row['seconds']:.2f} s)", file=sys.stderr)
+
+    try:
+        stats = run_items(
+            mine,
+            out_dir,
+            lambda s: not overwrite and output_path(out_dir, s.id, ".png").exists(),
+            work,
+            desc="label",
+            fail_fast=fail_fast,
+            progress=progress,
+            failures_name=FAILURES if n == 1 else f"failures{suffix}.jsonl",
+        )
+    finally:
+        records.close()
+    stats["records_file"] = str(records.path) if records.rows else None
     return {"labeled": stats.pop("done"), **stats}
