@@ -587,3 +587,18 @@ def test_training_refuses_unreadable_images_before_the_first_epoch(ws):
         r"train_split 'train': 1 of 3 images cannot be used: .*img_001.jpg: not a readable",
     )
     assert not (ws / "out" / "last.safetensors").exists(), r.changed
+
+
+def _config_table():
+    from tests.psa_train.test_config import BAD
+
+    return BAD
+
+
+@pytest.mark.parametrize(("item", "key"), _config_table(), ids=[i for i, _ in _config_table()])
+def test_every_bad_setting_through_the_cli(ws, item, key):
+    # Every command that takes --set builds the whole recipe: a bad value of any stage is
+    # refused before anything is read or written.
+    command = AFF_LABELS if key.startswith("make_cam.split") else MAKE_CAM  # no --split there
+    r = expect(ws, [*command, "--set", item], 1, re.escape(key))
+    assert r.changed == [], r.changed
