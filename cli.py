@@ -845,5 +845,95 @@ def demo_cmd(out, num_images, seed, config_path, sets):
     click.echo("RESULT " + json.dumps(result, sort_keys=True))
 
 
+@main.command("show")
+@click.argument("labels_dir", type=click.Path(exists=True, file_okay=False))
+@click.option(
+    "--images",
+    "-i",
+    type=click.Path(exists=True),
+    help="A data set (VOC layout, or a folder with a labels file: its masks are the ground "
+    "truth), a folder of images matched to labels by file name, or one image. Default: the "
+    "image paths in LABELS_DIR/labels.jsonl (written by psa label).",
+)
+@click.option(
+    "--cams",
+    "cam_dir",
+    type=click.Path(exists=True, file_okay=False),
+    help="CAM folder from make-cam: adds a column with the CAMs' maximum as a heat map.",
+)
+@click.option(
+    "--truth",
+    "truth_dir",
+    type=click.Path(exists=True, file_okay=False),
+    help="Ground-truth label PNGs (<id>.png); default: the data set's masks, if any.",
+)
+@click.option(
+    "--model",
+    "bundle",
+    type=click.Path(exists=True, file_okay=False),
+    help="Take the class names from this bundle's meta.json (default: the data set's, "
+    "else labels.jsonl's).",
+)
+@click.option(
+    "--split",
+    default="val",
+    show_default=True,
+    help="With a VOC data set as --images: show the label maps of this split.",
+)
+@click.option(
+    "-n",
+    "--num",
+    type=click.IntRange(1),
+    default=8,
+    show_default=True,
+    help="Rows: the first N label maps by id.",
+)
+@click.option("--ids", help="Comma-separated ids to show instead of the first N.")
+@click.option(
+    "--height", type=click.IntRange(32, 2048), default=200, show_default=True, help="Row height."
+)
+@click.option(
+    "--out",
+    "-o",
+    type=click.Path(dir_okay=False),
+    required=True,
+    help="The picture to write (.png or .jpg).",
+)
+@friendly
+def show_cmd(labels_dir, images, cam_dir, truth_dir, bundle, split, num, ids, height, out):
+    """Draw a grid for the label maps in LABELS_DIR: image | labels | CAM | ground truth.
+
+    Each row is one image: the image, its labels painted on it (class colours, white
+    outlines), the CAM heat map (with --cams) and the ground truth (where known), then the
+    names of the classes present. `psa label --overlay` writes one picture per image instead.
+    """
+    from psa_infer.show import show_grid, show_rows
+    from psa_infer.visualize import save_picture
+
+    if Path(out).suffix.lower() not in (".png", ".jpg", ".jpeg"):
+        raise click.BadParameter(f"expected a .png or .jpg file, got {out!r}", param_hint="-o")
+    classes = None
+    if bundle:
+        from psa_infer.bundle import load_meta
+
+        classes = load_meta(bundle, check_files=False)["classes"]
+    chosen = [i.strip() for i in (ids or "").split(",") if i.strip()] or None
+    shown = show_rows(
+        labels_dir,
+        images,
+        cam_dir=cam_dir,
+        truth_dir=truth_dir,
+        classes=classes,
+        split=split,
+        ids=chosen,
+        limit=num,
+    )
+    save_picture(out, show_grid(shown, height))
+    note = f"; {shown.not_in_source} label maps of other images left out" * bool(
+        shown.not_in_source
+    )
+    click.echo(f"wrote {out} ({len(shown.rows)} images{note})")
+
+
 if __name__ == "__main__":
     sys.exit(main())
