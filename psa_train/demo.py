@@ -16,6 +16,7 @@ import click
 from psa_infer.errors import PsaError
 from psa_train.config import load_config, save_config
 
+OVERVIEW_HEIGHT = 160  # pixels per row of overview.png
 DEMO_RECIPE = Path(__file__).resolve().parent.parent / "configs" / "synthetic_demo.yaml"
 
 
@@ -190,38 +191,30 @@ def _replace(obj, **kw):
 
 
 def write_overview(ds, out: Path, split: str, bg_threshold: float, path: Path, rows: int = 6):
-    """A grid of val images: image | ground truth | CAM labels | random-walk labels | + CRF."""
-    import numpy as np
-    from PIL import Image, ImageDraw
-
+    """A grid of val images (``psa_infer.visualize.grid``, as ``psa show`` draws): image |
+    ground truth | CAM labels | random-walk labels | + CRF, each label map painted on the
+    image, then the names of the classes present."""
     from psa_infer.artifacts import load_cam
     from psa_infer.cam import cam_prediction
     from psa_infer.datasets import load_image
-    from psa_infer.palette import colorize, load_label_png
+    from psa_infer.palette import load_label_png
+    from psa_infer.visualize import classes_panel, fit_height, grid, paint_panel, save_picture
 
-    samples = ds.split(split)[:rows]
-    cell = 160
-    heads = ["image", "ground truth", "CAM", "CAM + RW", "CAM + RW + CRF"]
-    grid = Image.new("RGB", (cell * len(heads), 18 + cell * len(samples)), "white")
-    draw = ImageDraw.Draw(grid)
-    for j, h in enumerate(heads):
-        draw.text((j * cell + 4, 3), h, fill="black")
-    for i, s in enumerate(samples):
+    h = OVERVIEW_HEIGHT
+    out_rows = []
+    for s in ds.split(split)[:rows]:
         img = load_image(s.image)
         cam, keys = load_cam(out / "cams" / f"{s.id}.npz")
-        tiles = [
-            img,
-            colorize(load_label_png(s.mask)),
-            colorize(cam_prediction(cam, keys, bg_threshold)),
-            colorize(load_label_png(out / "labels" / f"{s.id}.png")),
-            colorize(load_label_png(out / "labels_crf" / f"{s.id}.png")),
+        maps = [
+            load_label_png(s.mask),
+            cam_prediction(cam, keys, bg_threshold),
+            load_label_png(out / "labels" / f"{s.id}.png"),
+            load_label_png(out / "labels_crf" / f"{s.id}.png"),
         ]
-        for j, t in enumerate(tiles):
-            tile = Image.fromarray(np.ascontiguousarray(t)).resize((cell - 4, cell - 4))
-            grid.paste(tile, (j * cell + 2, 18 + i * cell + 2))
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    grid.save(tmp)
-    tmp.replace(path)
+        panels = [fit_height(img, h)] + [paint_panel(img, m, h) for m in maps]
+        out_rows.append([*panels, classes_panel(maps, ds.classes, h, heading=s.id)])
+    heads = ["image", "ground truth", "CAM", "CAM + RW", "CAM + RW + CRF", "classes"]
+    save_picture(path, grid(out_rows, heads, h))
 
 
 def label_agreement(dir_a: Path, dir_b: Path, ids: list[str]) -> float:

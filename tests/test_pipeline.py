@@ -265,6 +265,14 @@ def test_demo_prints_result_line_and_overview(tmp_path):
     # the torch-free onnxruntime runtime labels like the torch backend
     assert result["ort_agreement"] >= 99.0
     assert abs(result["ort_miou"] - result["rw_miou"]) <= 1.0
+    # overview.png: a grid row per val image (up to 6) under the column titles, six columns
+    # (image, truth, CAM, RW, RW + CRF, classes) of images at least 0.85 / 1.15 as wide as tall
+    from psa_infer.datasets import open_dataset
+    from psa_infer.visualize import GAP, TITLE_HEIGHT
+    from psa_train.demo import OVERVIEW_HEIGHT
+
     im = Image.open(out / "overview.png")
-    assert im.width == 5 * 160 and im.height > 160
+    rows = min(6, len(open_dataset(out / "data").split("val")))
+    assert im.height == TITLE_HEIGHT + rows * (OVERVIEW_HEIGHT + GAP) + GAP
+    assert im.width > 5 * 0.85 / 1.15 * OVERVIEW_HEIGHT
     assert (out / "bundle" / "meta.json").exists()
