@@ -21,13 +21,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from psa_infer.errors import PsaError
+from psa_infer.errors import DIST, PsaError
 
 # Tensor names of the exported bundle (export/ writes graphs with exactly these).
 CAM_IMAGE, CAM_CAMS, CAM_LOGITS = "image", "cams", "logits"
@@ -35,6 +36,9 @@ AFF_IMAGE, AFF_FEATURES = "image", "features"
 RW_SCORES, RW_FEATURES, RW_WALKED = "scores", "features", "walked"
 
 Dim = int | str | None
+# Strongly typed networks (precision from the graph: FP16 casts, INT8 Q/DQ) exist since 10.0;
+# 10.3 is what JetPack 6.1/6.2 ship, the oldest this project supports (pyproject's `trt` extra).
+MIN_TENSORRT = (10, 3)
 
 
 class BackendError(PsaError):
@@ -144,9 +148,10 @@ _ORT_DTYPES = {
     "tensor(uint8)": np.uint8,
     "tensor(bool)": np.bool_,
 }
+TRT_PROVIDER = "TensorrtExecutionProvider"
 # Fastest first; "auto" keeps those this onnxruntime build offers.
 PREFERRED_PROVIDERS = (
-    "TensorrtExecutionProvider",
+    TRT_PROVIDER,
     "CUDAExecutionProvider",
     "CPUExecutionProvider",
 )
@@ -157,7 +162,8 @@ def _import_onnxruntime():
         import onnxruntime
     except ImportError:
         raise BackendError(
-            "onnxruntime is not installed: pip install psa[cpu] (or psa[gpu] on a CUDA machine)"
+            f"onnxruntime is not installed: pip install '{DIST}[cpu]' (or '{DIST}[gpu]' on a CUDA "
+            "machine; on a Jetson, NVIDIA's onnxruntime-gpu wheel for its JetPack)"
         ) from None
     return onnxruntime
 
@@ -182,8 +188,11 @@ class OnnxRuntimeBackend(Backend):
 
     ``path_or_bytes``: an ``.onnx`` file or its serialised bytes. ``providers``: ``"auto"`` or
     a list of execution-provider names. ``threads``: intra-op threads (default
-    ``os.cpu_count()``; ONNX Runtime's own default differs between versions). ``provider`` is the
-    provider the session actually runs on.
+    ``os.cpu_count()``; ONNX Runtime's own default differs between versions).
+    ``provider_options``: {provider name: its options}, passed to the providers that are used
+    (``psa_infer.bundle.ort_provider_options`` makes them for a bundle: the TensorRT provider's
+    engine cache and profile, the CUDA device). ``provider`` is the provider the session
+    actually runs on.
     """
 
     def __init__(
@@ -191,6 +200,7 @@ class OnnxRuntimeBackend(Backend):
         path_or_bytes: str | os.PathLike | bytes,
         providers: str | Sequence[str] = "auto",
         threads: int | None = None,
+        provider_options: Mapping[str, Mapping[str, object]] | None = None,
     ) -> None:
         ort = _import_onnxruntime()
         if isinstance(path_or_bytes, bytes):
@@ -215,8 +225,13 @@ class OnnxRuntimeBackend(Backend):
         # 0.92 GB without, at the same speed (benchmarks/label_bench.py, 2-core CPU).
         options.enable_mem_pattern = False
         chosen = choose_providers(providers, ort.get_available_providers())
+        opts = provider_options or {}
+        with_options = [(p, dict(opts[p])) if p in opts else p for p in chosen]
+        cache = opts.get(TRT_PROVIDER, {}).get("trt_engine_cache_path")
+        if cache and TRT_PROVIDER in chosen:
+            Path(cache).mkdir(parents=True, exist_ok=True)  # ready before the provider looks
         try:
-            self.session = ort.InferenceSession(model, options, providers=chosen)
+            self.session = ort.InferenceSession(model, options, providers=with_options)
         except Exception as e:  # onnxruntime raises its own types; all mean "this file cannot run"
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             where = model if isinstance(model, str) else self.name
@@ -250,7 +265,9 @@ class EngineInfo:
 
     ``profile`` maps each input to its optimisation profile ``[min, opt, max]`` shapes;
     ``inputs``/``outputs`` keep the ONNX graph's tensor specs (dimension names included) so the
-    runtime can describe what it expects.
+    runtime can describe what it expects. ``onnx_file`` is the graph it was built from (a
+    precision variant's, e.g. ``cam.fp16.onnx``) and ``image_sides`` the (MIN, OPT, MAX) image
+    pixels its profile covers ([] if it was built for tensor shapes only).
     """
 
     tensorrt_version: str
@@ -261,6 +278,8 @@ class EngineInfo:
     inputs: list[dict] = field(default_factory=list)
     outputs: list[dict] = field(default_factory=list)
     schema_version: int = 1
+    onnx_file: str = ""
+    image_sides: list[int] = field(default_factory=list)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2) + "\n"
@@ -312,7 +331,7 @@ def import_cudart():
             from cuda import cudart
         except ImportError:
             raise BackendError(
-                "cuda-python is not installed: pip install psa[trt] (tensorrt, cuda-python)"
+                f"cuda-python is not installed: pip install '{DIST}[trt]' (tensorrt, cuda-python)"
             ) from None
     return cudart
 
@@ -335,14 +354,28 @@ def gpu_name(cudart=None) -> str:
     return (name.decode(errors="replace") if isinstance(name, bytes) else str(name)).rstrip("\0")
 
 
+def tensorrt_version_ok(version: str) -> bool:
+    """Whether a TensorRT ``__version__`` ("10.3.0", "11.0.0.12") is at least ``MIN_TENSORRT``."""
+    parts = re.match(r"^(\d+)\.(\d+)", str(version))
+    return parts is not None and tuple(map(int, parts.groups())) >= MIN_TENSORRT
+
+
 def import_tensorrt():
-    """The tensorrt module, or a BackendError saying how to install it."""
+    """The tensorrt module (10.3 or later), or a BackendError saying what to install."""
     try:
         import tensorrt
     except ImportError:
         raise BackendError(
-            "tensorrt is not installed: pip install psa[trt] (tensorrt, cuda-python)"
+            f"tensorrt is not installed: pip install '{DIST}[trt]' (tensorrt, cuda-python); on a "
+            "Jetson, JetPack 6.1+'s python3-libnvinfer (a venv needs --system-site-packages)"
         ) from None
+    version = getattr(tensorrt, "__version__", "?")
+    if not tensorrt_version_ok(version):
+        minimum = ".".join(map(str, MIN_TENSORRT))
+        raise BackendError(
+            f"tensorrt {version} is too old: psa needs TensorRT >= {minimum} (strongly typed "
+            f"networks; JetPack 6.1+ on a Jetson, pip install '{DIST}[trt]' on a GPU server)"
+        )
     return tensorrt
 
 
@@ -394,6 +427,21 @@ class TensorRTBackend(Backend):
             specs[is_input].append(TensorSpec(name, dtype, tuple(dims)))
         self.inputs, self.outputs = tuple(specs[True]), tuple(specs[False])
 
+    def _outside_profile(self, name: str, shape, lo, hi) -> str:
+        """Refusing an input outside the profile: in image pixels where the sidecar has them."""
+        sides = self.info.image_sides
+        built = (
+            f"built for images of {sides[0]} to {sides[2]} pixels a side (psa build-engine "
+            f"--profile {sides[0]},{sides[1]},{sides[2]})"
+            if len(sides) == 3
+            else "built for tensor shapes only"
+        )
+        return (
+            f"{self.name}: {name}: shape {tuple(shape)} is outside the engine's optimisation "
+            f"profile (min {tuple(lo)}, max {tuple(hi)}), {built} — rebuild it with a wider "
+            "psa build-engine --profile MIN,OPT,MAX (image sides in pixels)"
+        )
+
     def _buffer(self, name: str, nbytes: int) -> int:
         ptr, size = self._buffers.get(name, (0, 0))
         if size < nbytes:
@@ -412,11 +460,7 @@ class TensorRTBackend(Backend):
             x = np.ascontiguousarray(feed[spec.name])
             if not ctx.set_input_shape(spec.name, x.shape):
                 lo, _, hi = (tuple(s) for s in self.engine.get_tensor_profile_shape(spec.name, 0))
-                raise BackendError(
-                    f"{self.name}: {spec.name}: shape {tuple(x.shape)} is outside the engine's "
-                    f"optimisation profile (min {lo}, max {hi}) — rebuild it with a wider "
-                    "psa build-engine --profile"
-                )
+                raise BackendError(self._outside_profile(spec.name, x.shape, lo, hi))
             ptr = self._buffer(spec.name, max(x.nbytes, 1))
             call = cudart.cudaMemcpyAsync(ptr, x.ctypes.data, x.nbytes, h2d, self._stream)
             cuda_check(cudart, call, f"copying {spec.name} to the GPU")

@@ -15,6 +15,10 @@ class PsaError(ValueError):
     """A user error: bad input, named in a one-line message."""
 
 
+# This project's distribution name on the package index (`psa` there is an unrelated project);
+# the command it installs is still `psa`.
+DIST = "psa-affinity"
+
 # Optional dependency (import name) → the extra of this package that installs it.
 EXTRAS = {
     "torch": "train",
@@ -38,6 +42,7 @@ def missing_module_message(name: str) -> str | None:
     if extra is None:
         return None
     return (
-        f"this command needs the Python module '{top}', which is not installed: install "
-        f"psa's '{extra}' extra (pip install -e '.[{extra}]' in a checkout)"
+        f"this command needs the Python module '{top}', which is not installed: install the "
+        f"'{extra}' extra, pip install '{DIST}[{extra}]' (in a checkout: pip install -e "
+        f"'.[{extra}]')"
     )

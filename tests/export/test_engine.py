@@ -145,7 +145,8 @@ def test_build_engine_checks_its_arguments_before_tensorrt(tmp_path, net_onnx):
 
 @pytest.mark.skipif(HAS_TENSORRT, reason="checks the message where TensorRT is absent")
 def test_build_engine_without_tensorrt_says_how_to_install(tmp_path, net_onnx):
-    with pytest.raises(BackendError, match=r"^tensorrt is not installed: pip install psa\[trt\]"):
+    message = r"^tensorrt is not installed: pip install 'psa-affinity\[trt\]'"
+    with pytest.raises(BackendError, match=message):
         build_engine(net_onnx, tmp_path / "cam.engine", profile=PROFILE)
 
 

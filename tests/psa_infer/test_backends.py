@@ -178,10 +178,48 @@ def test_provider_choice():
 
 def test_missing_onnxruntime_says_how_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # makes `import onnxruntime` fail
-    with pytest.raises(
-        BackendError, match=r"^onnxruntime is not installed: pip install psa\[cpu\]"
-    ):
+    message = r"^onnxruntime is not installed: pip install 'psa-affinity\[cpu\]' \(or 'psa-aff"
+    with pytest.raises(BackendError, match=message):
         OnnxRuntimeBackend(add_model_bytes())
+
+
+class FakeSession:
+    """Stands in for onnxruntime.InferenceSession where a provider is absent: it records the
+    providers it was asked for and runs the model on the CPU provider."""
+
+    asked: list = []
+    real = None  # onnxruntime's own, kept by the test that patches it
+
+    def __new__(cls, model, options, providers):
+        cls.asked.append(providers)
+        return cls.real(model, options, providers=["CPUExecutionProvider"])
+
+
+def test_provider_options_reach_the_providers_used(tmp_path, monkeypatch):
+    import onnxruntime
+
+    everything = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: everything)
+    monkeypatch.setattr(FakeSession, "real", onnxruntime.InferenceSession)
+    monkeypatch.setattr(onnxruntime, "InferenceSession", FakeSession)
+    FakeSession.asked = []
+    cache = tmp_path / "bundle" / "ort_trt_cache"
+    options = {
+        "TensorrtExecutionProvider": {"trt_engine_cache_path": str(cache), "device_id": 1},
+        "CUDAExecutionProvider": {"device_id": 1},
+    }
+    OnnxRuntimeBackend(add_model_bytes(), "auto", provider_options=options)
+    assert FakeSession.asked[-1] == [
+        ("TensorrtExecutionProvider", options["TensorrtExecutionProvider"]),
+        ("CUDAExecutionProvider", {"device_id": 1}),
+        "CPUExecutionProvider",
+    ]
+    assert cache.is_dir()  # the TensorRT provider's engine cache, made ready for it
+    # providers that are not used get no options, and no cache folder is made for them
+    cache.rmdir()
+    OnnxRuntimeBackend(add_model_bytes(), ["CUDAExecutionProvider"], provider_options=options)
+    assert FakeSession.asked[-1] == [("CUDAExecutionProvider", {"device_id": 1})]
+    assert not cache.exists()
 
 
 def test_bad_files(tmp_path):
@@ -256,6 +294,23 @@ def test_engine_for_another_tensorrt_or_gpu_is_refused():
         check_engine_compat("model.engine", info(), "10.7.0", "Orin")
     with pytest.raises(BackendError, match=r"this is TensorRT 10.3.0 on 'NVIDIA H100'"):
         check_engine_compat("model.engine", info(), "10.3.0", "NVIDIA H100")
+
+
+def test_input_outside_an_engines_profile_is_named_in_image_pixels():
+    # The refusal itself needs TensorRT; its wording is made from the sidecar alone.
+    engine = object.__new__(TensorRTBackend)
+    engine.name, engine.info = "cam.engine", info(image_sides=[32, 448, 512])
+    message = engine._outside_profile(
+        "image", (2, 3, 1200, 900), (1, 3, 16, 16), (2, 3, 1024, 1024)
+    )
+    assert message == (
+        "cam.engine: image: shape (2, 3, 1200, 900) is outside the engine's optimisation profile "
+        "(min (1, 3, 16, 16), max (2, 3, 1024, 1024)), built for images of 32 to 512 pixels a "
+        "side (psa build-engine --profile 32,448,512) — rebuild it with a wider psa build-engine "
+        "--profile MIN,OPT,MAX (image sides in pixels)"
+    )
+    engine.info = info()
+    assert "built for tensor shapes only" in engine._outside_profile("image", (1,), (1,), (1,))
 
 
 def test_check_feed_on_static_and_vector_specs():
