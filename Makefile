@@ -2,6 +2,8 @@
 #   make demo   — create .venv, install, run the whole chain on synthetic data
 #   make test   — create .venv, install with dev extras, run the test suite
 #   make bench  — create .venv, install with dev extras, run `psa bench` (tables in benchmarks/)
+#   make gpu-check — on a CUDA machine: GPU tests, GPU timings, TensorRT engines where present
+#                 (benchmarks/gpu_check.json; needs a CUDA torch: TORCH="torch==... --index-url ...")
 #
 # torch is installed first and pinned: an unpinned `torch` from the index is a multi-GB CUDA
 # build. Override for a GPU machine, e.g. `make demo TORCH="torch==2.13.0 --index-url ..."`.
@@ -13,7 +15,7 @@ PIP := $(VENV)/bin/pip
 OUT ?= demo_out
 PYTEST_ARGS ?=
 
-.PHONY: demo test bench lint install clean
+.PHONY: demo test bench gpu-check lint install clean
 
 $(VENV)/.base: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +41,9 @@ test: $(VENV)/.dev
 
 bench: $(VENV)/.dev
 	$(VENV)/bin/psa bench --out benchmarks
+
+gpu-check: $(VENV)/.dev
+	$(VENV)/bin/python -m benchmarks.gpu_check --out benchmarks/gpu_check.json
 
 lint: $(VENV)/.dev
 	$(VENV)/bin/ruff check .
