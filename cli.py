@@ -101,7 +101,7 @@ def _config(config_path, sets, extra: dict[str, object]):
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.version_option(package_name="psa")
+@click.version_option(package_name="psa-affinity")  # the distribution; the command is `psa`
 def main():
     """AffinityNet (Ahn & Kwak, CVPR 2018): pixel-level pseudo labels from image-level labels.
 
