@@ -437,6 +437,13 @@ def _finish(stats: dict, what: str) -> None:
     show_default=True,
     help="Bundle backends: rw.onnx/rw.engine or the numpy walk; auto = rw on a GPU, else numpy.",
 )
+@click.option(
+    "--precision",
+    type=click.Choice(["fp32", "fp16", "int8"]),
+    default="fp32",
+    show_default=True,
+    help="Bundle backends: which graphs run (from psa export --precision); the walk is fp32.",
+)
 @click.option("--shard", help="i/n: label every n-th image from i (RANK/WORLD_SIZE if unset).")
 @click.option(
     "--device",
@@ -460,6 +467,7 @@ def label_cmd(
     pairs,
     backend,
     walk,
+    precision,
     shard,
     device,
     fail_fast,
@@ -494,6 +502,11 @@ def label_cmd(
                 "--backend torch needs --cam and --aff (and no --model); a bundle runs with "
                 "--backend onnxruntime or tensorrt"
             )
+        if precision != "fp32":
+            raise click.UsageError(
+                f"--precision {precision}: a bundle's graphs (--backend onnxruntime or "
+                "tensorrt); the torch backend runs the checkpoints in float32"
+            )
         from psa_train.label import torch_labeler
 
         labeler, meta = torch_labeler(cam_ckpt, aff_ckpt, cfg.label, cfg.make_cam)
@@ -506,10 +519,11 @@ def label_cmd(
 
         ort = backend == "onnxruntime"
         providers = _ort_providers(cfg.label.device) if ort else "auto"
-        opened = open_bundle(bundle, backend, providers, walk)
+        opened = open_bundle(bundle, backend, providers, walk, precision=precision)
         labeler, meta = opened.labeler, opened.meta
         used = sorted(set(opened.providers.values()))
-        click.echo(f"{backend}: {', '.join(used)}; walk: {opened.walk}")
+        graphs = "" if precision == "fp32" else f"; {precision} graphs"
+        click.echo(f"{backend}: {', '.join(used)}; walk: {opened.walk}{graphs}")
     try:
         if backend != "torch" and pairs and pairs != meta["pairs"]:
             raise click.UsageError(
@@ -613,25 +627,68 @@ def _image_sides(ctx, param, value: str) -> tuple[int, int, int]:
     show_default=True,
     help="Images to verify on.",
 )
+@click.option(
+    "--precision",
+    "precisions",
+    default="fp32",
+    show_default=True,
+    help="Graphs to write: fp32 always, plus fp16 (float16 inside, float32 I/O) and/or int8 "
+    "(explicit symmetric Q/DQ for TensorRT; needs --calib), e.g. fp32,fp16,int8.",
+)
+@click.option(
+    "--calib",
+    "calib_source",
+    type=click.Path(exists=True),
+    help="INT8 calibration images: a folder of images, or a data set (its make_cam.split, "
+    "training images; never the split you verify on).",
+)
+@click.option(
+    "--calib-limit",
+    type=click.IntRange(1),
+    default=32,
+    show_default=True,
+    help="Calibration images to use (each at every CAM scale, with its mirror image).",
+)
 @config_options
 @friendly
-def export_cmd(cam_ckpt, aff_ckpt, out, opset, verify_source, verify_limit, config_path, sets):
+def export_cmd(
+    cam_ckpt,
+    aff_ckpt,
+    out,
+    opset,
+    verify_source,
+    verify_limit,
+    precisions,
+    calib_source,
+    calib_limit,
+    config_path,
+    sets,
+):
     """Export the CAM and affinity networks to a model bundle for the torch-free runtime.
 
     Writes cam.onnx, aff.onnx, rw.onnx (the random walk) and meta.json (classes, mean/std,
-    scales and flip from make_cam, α/β/t/radius/pairs from label) into OUT.
+    scales and flip from make_cam, α/β/t/radius/pairs from label) into OUT; with --precision,
+    also cam.fp16.onnx, aff.fp16.onnx, cam.int8.onnx, aff.int8.onnx (the walk stays float32),
+    which --verify compares with the float32 graphs (label agreement, ΔmIoU).
     """
     from export.bundle import VERIFY_REPORT, export_bundle
+    from export.precision import parse_precisions
     from export.verify import VerifyError, format_report, verify_images
     from psa_infer.bundle import load_meta
 
+    chosen = parse_precisions(precisions)
+    if "int8" in chosen and not calib_source:
+        raise click.UsageError("--precision int8 needs --calib IMAGES (training images)")
     cfg = _config(config_path, sets, {})
-    images = None
-    if verify_source:
+    images = calib = None
+    if verify_source or calib_source:
         from psa_train.checkpoint import load_checkpoint
 
         _, ckpt_meta = load_checkpoint(cam_ckpt, kind="cam")
+    if verify_source:
         images = verify_images(verify_source, ckpt_meta["classes"], cfg.eval.split, verify_limit)
+    if calib_source and "int8" in chosen:
+        calib = verify_images(calib_source, ckpt_meta["classes"], cfg.make_cam.split, calib_limit)
     try:
         path = export_bundle(
             cam_ckpt,
@@ -642,6 +699,8 @@ def export_cmd(cam_ckpt, aff_ckpt, out, opset, verify_source, verify_limit, conf
             opset=opset,
             verify_images=images,
             aff_labels_cfg=cfg.aff_labels,
+            precisions=chosen,
+            calib_images=calib,
         )
     except VerifyError as e:
         click.echo(format_report(e.report))
@@ -649,7 +708,11 @@ def export_cmd(cam_ckpt, aff_ckpt, out, opset, verify_source, verify_limit, conf
     if images:
         click.echo(format_report(json.loads((path / VERIFY_REPORT).read_text())))
     meta = load_meta(path, check_files=False)
-    click.echo(f"wrote {path}: {len(meta['classes']) - 1} classes, opset {meta['opset']}")
+    made = ", ".join(["fp32", *meta.get("precisions", {})])
+    click.echo(
+        f"wrote {path}: {len(meta['classes']) - 1} classes, opset {meta['opset']}, "
+        f"precisions {made}"
+    )
 
 
 @main.command("build-engine")

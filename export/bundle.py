@@ -82,6 +82,8 @@ def export_bundle(
     verify_images: Sequence[Sample] | None = None,
     aff_labels_cfg: AffLabelsConfig | None = None,
     exporter: str = "torchscript",
+    precisions: Sequence[str] = ("fp32",),
+    calib_images: Sequence[Sample] | None = None,
 ) -> Path:
     """Export a CAM and an affinity checkpoint to a bundle at ``out_dir``; returns its path.
 
@@ -89,7 +91,10 @@ def export_bundle(
     the scales and flip; ``aff_labels_cfg`` the low/high alphas recorded for reference.
     ``verify_images`` (``Sample``s, from ``export.verify.verify_images``): run the parity
     ladder on the finished bundle and keep its report as ``verify.json``; a failed check raises
-    ``export.verify.VerifyError`` and leaves ``out_dir`` as it was.
+    ``export.verify.VerifyError`` and leaves ``out_dir`` as it was. ``precisions``: besides the
+    float32 graphs, write the "fp16" / "int8" variants of cam.onnx and aff.onnx
+    (``export/precision.py``; INT8 calibrated on ``calib_images``, training images) and put
+    them on the ladder too.
     """
     from psa_train import __version__
     from psa_train.checkpoint import CheckpointError, sha256
@@ -158,6 +163,10 @@ def export_bundle(
                 for kind, p, m in (("cam", cam_ckpt, cam_meta), ("aff", aff_ckpt, aff_meta))
             },
         }
+        if any(p != "fp32" for p in precisions):
+            from export.precision import write_variants
+
+            meta["precisions"] = write_variants(stage, meta, precisions, calib_images)
         (stage / META).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
         load_meta(stage)  # what the runtime will check, checked before anyone sees the bundle
         if verify_images:

@@ -10,12 +10,21 @@ Used by ``psa export --verify`` and by the tests. Two rungs (DESIGN.md, "Model b
   graphs, rw.onnx included) on the same classes: pixel agreement in percent, the predicted class
   sets of untagged images, and mIoU of each against ground-truth masks where those exist.
 
-TensorRT rungs (FP32 ~1e-3, FP16/INT8 on decisions) need a GPU; ``docs/deploy.md`` says how
-to run them on the device.
+Then, for each precision variant in the bundle (``psa export --precision``, export/precision.py),
+the variant's graphs against the float32 graphs, both under ONNX Runtime on the CPU:
+
+* raw outputs — max |fp32 - variant| of ``cams``, ``logits`` and ``features`` (reported, not
+  judged: what matters is the decision);
+* decisions — pixel agreement of the final labels (the same classes, the same float32 walk)
+  and mIoU against the masks: ``VARIANT_TARGETS`` per precision.
+
+TensorRT rungs (FP32 ~1e-3, FP16/INT8 engines on decisions) need a GPU; ``docs/deploy.md`` says
+how to run them on the device.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 from collections.abc import Sequence
@@ -49,6 +58,13 @@ TOLERANCE = {
 }
 RAW = tuple(TOLERANCE)
 MIN_AGREEMENT = 99.9  # percent of pixels; an argmax may flip where two scores nearly tie
+# Per precision variant, against the float32 graphs (issue 11): the least pixel agreement of
+# the final labels (percent), and the largest mIoU drop in points (None: not judged).
+VARIANT_TARGETS = {
+    "fp16": {"min_agreement": 99.5, "max_miou_drop": None},
+    "int8": {"min_agreement": 97.0, "max_miou_drop": 1.0},
+}
+VARIANT_RAW = ("cams", "logits", "features")
 
 
 class VerifyError(PsaError):
@@ -107,8 +123,13 @@ class _Tally:
             self.with_masks += 1
 
 
-def _compare(t: Labeler, b: Labeler, item: Sample, threshold: float, tally: _Tally) -> None:
-    """Every rung on one image: ``t`` the torch labeler, ``b`` the bundle's."""
+def _compare(
+    t: Labeler, b: Labeler, item: Sample, threshold: float, tally: _Tally
+) -> tuple[tuple[int, ...], np.ndarray, np.ndarray]:
+    """Every rung on one image: ``t`` the torch labeler, ``b`` the bundle's.
+
+    Returns what the variant rungs reuse: the classes walked, the image and the bundle's labels.
+    """
     img = load_image(item.image)
     x = normalize_image(img, b.mean, b.std)[None]
     logits = t.classify(x)
@@ -126,7 +147,44 @@ def _compare(t: Labeler, b: Labeler, item: Sample, threshold: float, tally: _Tal
     cams = multiscale_cam(t.cam_forward, img, keys, b.scales, b.mean, b.std, b.flip)
     walked = walk_scores(cams, feats, b.walk_params)
     tally.raw("walked", walked, walk_scores(cams, feats, b.walk_params, b.walk))
-    tally.labels(t.label(img, keys, cams=cams), b.label(img, keys), item.mask)
+    label_b = b.label(img, keys)
+    tally.labels(t.label(img, keys, cams=cams), label_b, item.mask)
+    return keys, img, label_b
+
+
+def _compare_variant(
+    b: Labeler, v: Labeler, img: np.ndarray, keys, label_b: np.ndarray, mask, tally: _Tally
+) -> None:
+    """The variant rungs on one image: ``b`` the float32 graphs, ``v`` a precision variant."""
+    x = normalize_image(img, b.mean, b.std)[None]
+    tally.raw("logits", b.classify(x), v.classify(x))
+    for batch in scaled_inputs(img, b.scales, b.mean, b.std, b.flip):
+        tally.raw("cams", b.cam_forward(batch), v.cam_forward(batch))
+    tally.raw("features", b.features(img), v.features(img))
+    tally.labels(label_b, v.label(img, keys), mask)
+
+
+def _variant_report(tally: _Tally, precision: str, targets: dict) -> dict:
+    """One variant's rungs; ``ok``: agreement and mIoU drop within ``targets``."""
+    agreement = 100.0 * tally.same / tally.pixels
+    miou = None
+    if tally.with_masks:
+        m32, mv = (scores(tally.conf[side])["miou"] for side in ("t", "b"))
+        miou = {"fp32": m32, precision: mv, "delta": mv - m32, "images": tally.with_masks}
+    drop = targets.get("max_miou_drop")
+    ok = agreement >= targets["min_agreement"]
+    if miou is not None and drop is not None:
+        ok = ok and miou["delta"] >= -drop
+    return {
+        "max_abs_diff": {k: tally.diff[k] for k in VARIANT_RAW},
+        "max_abs_fp32": {k: tally.scale[k] for k in VARIANT_RAW},
+        "label_agreement": agreement,
+        "worst_image_agreement": tally.worst,
+        "min_agreement": targets["min_agreement"],
+        "max_miou_drop": drop,
+        "miou": miou,
+        "ok": ok,
+    }
 
 
 def verify_bundle(
@@ -138,6 +196,7 @@ def verify_bundle(
     class_threshold: float = 0.5,
     tolerance: dict[str, float] | None = None,
     min_agreement: float = MIN_AGREEMENT,
+    variant_targets: dict[str, dict] | None = None,
 ) -> dict:
     """Run the ladder on ``images``; returns the report (``format_report`` prints it).
 
@@ -145,7 +204,8 @@ def verify_bundle(
     classifier predicts above ``class_threshold`` (its top class when none does, so that the
     walk always runs). ``report["ok"]``: every raw difference within its limit (``tolerance``
     per output, default ``TOLERANCE``, times max(1, max |torch output|)) and the pixel
-    agreement >= ``min_agreement`` percent.
+    agreement >= ``min_agreement`` percent, and each precision variant of the bundle within its
+    ``variant_targets`` (default ``VARIANT_TARGETS``; ``report["precisions"][p]["ok"]``).
     """
     from psa_train.checkpoint import sha256
     from psa_train.config import LabelConfig, MakeCamConfig
@@ -154,9 +214,17 @@ def verify_bundle(
     if not images:
         raise ValueError("verify: no images to verify on")
     tolerance = {**TOLERANCE, **(tolerance or {})}
+    targets = {**VARIANT_TARGETS, **(variant_targets or {})}
     cpu = ["CPUExecutionProvider"]
-    with open_bundle(bundle_dir, "onnxruntime", cpu, walk="onnx") as bundle:
+    with contextlib.ExitStack() as stack:
+        bundle = stack.enter_context(open_bundle(bundle_dir, "onnxruntime", cpu, walk="onnx"))
         meta, b = bundle.meta, bundle.labeler
+        variants = {
+            p: stack.enter_context(
+                open_bundle(bundle_dir, "onnxruntime", cpu, walk="onnx", precision=p)
+            ).labeler
+            for p in meta.get("precisions", {})
+        }
         for kind, ckpt in (("cam", cam_ckpt), ("aff", aff_ckpt)):
             if meta["sources"][kind]["sha256"] != sha256(ckpt):
                 raise ValueError(
@@ -169,8 +237,11 @@ def verify_bundle(
             t, mean=b.mean, std=b.std, scales=b.scales, flip=b.flip, walk_params=b.walk_params
         )
         tally = _Tally(len(meta["classes"]))
+        v_tally = {p: _Tally(len(meta["classes"])) for p in variants}
         for item in images:
-            _compare(t, b, item, class_threshold, tally)
+            keys, img, label_b = _compare(t, b, item, class_threshold, tally)
+            for p, v in variants.items():
+                _compare_variant(b, v, img, keys, label_b, item.mask, v_tally[p])
         provider = bundle.providers["cam"]
     agreement = 100.0 * tally.same / tally.pixels
     miou = None
@@ -179,6 +250,8 @@ def verify_bundle(
         miou = {"torch": mt, "bundle": mb, "delta": mb - mt, "images": tally.with_masks}
     limit = {k: tolerance[k] * max(1.0, tally.scale[k]) for k in RAW}
     checks = tally.class_checks
+    precisions = {p: _variant_report(v_tally[p], p, targets[p]) for p in variants}
+    ok = all(tally.diff[k] <= limit[k] for k in RAW) and agreement >= min_agreement
     return {
         "images": len(images),
         "provider": provider,
@@ -191,7 +264,8 @@ def verify_bundle(
         "min_agreement": min_agreement,
         "class_agreement": 100.0 * tally.class_matches / checks if checks else None,
         "miou": miou,
-        "ok": all(tally.diff[k] <= limit[k] for k in RAW) and agreement >= min_agreement,
+        "precisions": precisions,
+        "ok": ok and all(r["ok"] for r in precisions.values()),
     }
 
 
@@ -210,6 +284,15 @@ def check_report(report: dict) -> None:
             f"labels agree on {report['label_agreement']:.3f}% of pixels < "
             f"{report['min_agreement']}%"
         )
+    for p, r in report.get("precisions", {}).items():
+        if r["label_agreement"] < r["min_agreement"]:
+            bad.append(
+                f"{p} labels agree with fp32 on {r['label_agreement']:.3f}% of pixels < "
+                f"{r['min_agreement']}%"
+            )
+        drop = r["max_miou_drop"]
+        if r["miou"] and drop is not None and r["miou"]["delta"] < -drop:
+            bad.append(f"{p} mIoU {r['miou']['delta']:+.2f} points from fp32, beyond -{drop}")
     raise VerifyError("verification failed: " + "; ".join(bad), report)
 
 
@@ -229,6 +312,20 @@ def format_report(report: dict) -> str:
         m = report["miou"]
         rows.append(("mIoU", "torch / bundle", f"{m['torch']:.2f} / {m['bundle']:.2f}", "", ""))
         rows.append(("", "delta (bundle - torch)", f"{m['delta']:+.3f}", "", ""))
+    for p, r in report.get("precisions", {}).items():
+        for k, v in r["max_abs_diff"].items():
+            scale = r["max_abs_fp32"][k]
+            what = f"max |fp32 - {p}| (of {scale:.3g})"
+            rows.append((f"{p} {k}", what, f"{v:.2e}", "", ""))
+        agree, need = r["label_agreement"], r["min_agreement"]
+        ok = _ok(agree >= need)
+        rows.append((f"{p} labels", "agreement with fp32", f"{agree:.3f} %", f">= {need} %", ok))
+        rows.append(("", "worst image", f"{r['worst_image_agreement']:.3f} %", "", ""))
+        if r["miou"]:
+            m, drop = r["miou"], r["max_miou_drop"]
+            rows.append((f"{p} mIoU", f"fp32 / {p}", f"{m['fp32']:.2f} / {m[p]:.2f}", "", ""))
+            target, ok = ("", "") if drop is None else (f">= -{drop}", _ok(m["delta"] >= -drop))
+            rows.append(("", f"delta ({p} - fp32)", f"{m['delta']:+.3f}", target, ok))
     widths = [max(len(r[i]) for r in rows) for i in range(5)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
     lines.insert(1, "-" * len(lines[0]))

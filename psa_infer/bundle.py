@@ -58,6 +58,11 @@ MODELS = {
     "aff": ("aff.onnx", (AFF_IMAGE,), (AFF_FEATURES,)),
     "rw": ("rw.onnx", (RW_SCORES, RW_FEATURES), (RW_WALKED,)),
 }
+# Precision variants (export/precision.py): ``<model>.<precision>.onnx`` beside the float32
+# graphs, listed in meta.json as ``precisions: {fp16|int8: {cam|aff: {file, sha256}}}`` with the
+# float32 graphs' inputs and outputs. rw.onnx has none: the walk runs in float32.
+PRECISIONS = ("fp32", "fp16", "int8")
+VARIANT_MODELS = ("cam", "aff")
 BACKENDS = ("onnxruntime", "tensorrt")
 WALKS = ("auto", "onnx", "numpy")
 # Providers on which the walk runs as rw.onnx by default. On ONNX Runtime's CPU provider the numpy
@@ -210,22 +215,59 @@ def load_meta(bundle_dir: str | os.PathLike, check_files: bool = True) -> dict:
             raise BundleError(f"{path}: missing 'models.{name}'")
         _check_model_entry(str(path), name, meta["models"][name])
     _check_channels(str(path), meta)
+    _check_precisions(str(path), meta)
     if check_files:
         for name, (file, _, _) in MODELS.items():
-            model_path = root / file
-            if not model_path.is_file():
-                raise BundleError(f"{model_path}: missing (meta.json lists it)")
-            if file_sha256(model_path) != meta["models"][name]["sha256"]:
-                raise BundleError(
-                    f"{model_path}: sha256 differs from meta.json's — the file was replaced "
-                    "after export; re-export the bundle"
-                )
-            model = read_onnx(model_path)
-            _check_self_contained(model_path, model)
-            _check_graph_io(model_path, model, path, meta["models"][name])
+            model = _check_onnx_file(root / file, meta["models"][name]["sha256"])
+            _check_graph_io(root / file, model, path, meta["models"][name])
             if name == "rw":
-                _check_rw_props(model_path, model, meta)
+                _check_rw_props(root / file, model, meta)
+        for entries in meta.get("precisions", {}).values():
+            for name in VARIANT_MODELS:
+                model_path = root / entries[name]["file"]
+                model = _check_onnx_file(model_path, entries[name]["sha256"])
+                # A variant stands in for the float32 graph: the same inputs and outputs.
+                _check_graph_io(model_path, model, path, meta["models"][name])
     return meta
+
+
+def _check_precisions(where: str, meta: dict) -> None:
+    """meta.json's optional ``precisions``: {fp16|int8: {cam|aff: {file, sha256}}}."""
+    variants = meta.get("precisions", {})
+    if not isinstance(variants, dict):
+        raise BundleError(f"{where}: 'precisions': expected an object, got {variants!r}")
+    for precision, entries in variants.items():
+        if precision not in PRECISIONS[1:]:
+            raise BundleError(
+                f"{where}: precisions.{precision}: expected one of {', '.join(PRECISIONS[1:])}"
+            )
+        for name in VARIANT_MODELS:
+            entry = entries.get(name) if isinstance(entries, dict) else None
+            file = variant_file(name, precision)
+            if not isinstance(entry, dict) or entry.get("file") != file or "sha256" not in entry:
+                raise BundleError(
+                    f"{where}: precisions.{precision}.{name}: expected {{'file': {file!r}, "
+                    f"'sha256': ...}}, got {entry!r}"
+                )
+
+
+def variant_file(name: str, precision: str = "fp32") -> str:
+    """The ONNX file of model ``name`` at ``precision``: cam.onnx, cam.fp16.onnx, cam.int8.onnx."""
+    return MODELS[name][0] if precision == "fp32" else f"{name}.{precision}.onnx"
+
+
+def _check_onnx_file(model_path: Path, sha256: str):
+    """The file meta.json lists, unchanged since export, readable and self-contained."""
+    if not model_path.is_file():
+        raise BundleError(f"{model_path}: missing (meta.json lists it)")
+    if file_sha256(model_path) != sha256:
+        raise BundleError(
+            f"{model_path}: sha256 differs from meta.json's — the file was replaced "
+            "after export; re-export the bundle"
+        )
+    model = read_onnx(model_path)
+    _check_self_contained(model_path, model)
+    return model
 
 
 # ---------------------------------------------------------------------------- ONNX files
@@ -355,28 +397,52 @@ def walk_params(meta: dict) -> WalkParams:
 # ---------------------------------------------------------------------------- opening
 
 
-def engine_path(bundle_dir: str | os.PathLike, name: str) -> Path:
-    """``<bundle>/cam.engine`` for "cam": where ``psa build-engine`` writes each model's engine."""
-    return Path(bundle_dir) / f"{name}.engine"
+def engine_path(bundle_dir: str | os.PathLike, name: str, precision: str = "fp32") -> Path:
+    """Where ``psa build-engine`` writes a model's engine: ``<bundle>/cam.engine`` for "cam",
+    ``cam.int8.engine`` for its int8 variant; rw.engine for every precision (the walk is fp32)."""
+    stem = name if precision == "fp32" or name not in VARIANT_MODELS else f"{name}.{precision}"
+    return Path(bundle_dir) / f"{stem}.engine"
 
 
-def _open_engine(root: Path, name: str, meta: dict) -> Backend:
-    path = engine_path(root, name)
+def model_file(root: str | os.PathLike, meta: dict, name: str, precision: str = "fp32") -> Path:
+    """The ONNX file that model ``name`` runs from at ``precision`` (``model_entries``)."""
+    return Path(root) / model_entries(meta, precision, Path(root) / META)[name]["file"]
+
+
+def model_entries(meta: dict, precision: str, where: str | os.PathLike = META) -> dict:
+    """Model name → {file, sha256} of the graphs that run at ``precision`` (rw: always fp32)."""
+    if precision not in PRECISIONS:
+        raise BundleError(f"precision: expected one of {', '.join(PRECISIONS)}, got {precision!r}")
+    entries = {k: {"file": v["file"], "sha256": v["sha256"]} for k, v in meta["models"].items()}
+    if precision != "fp32":
+        variants = meta.get("precisions", {})
+        if precision not in variants:
+            made = ", ".join(["fp32", *variants])
+            raise BundleError(
+                f"{where}: no {precision} graphs in this bundle (it has {made}) — export them: "
+                f"psa export --precision fp32,{precision} ..."
+            )
+        entries.update({k: variants[precision][k] for k in VARIANT_MODELS})
+    return entries
+
+
+def _open_engine(root: Path, name: str, meta: dict, precision: str = "fp32") -> Backend:
+    path = engine_path(root, name, precision)
+    build = f"psa build-engine {root}" + (
+        f" --precision {precision}" if precision != "fp32" else ""
+    )
     if not path.is_file():
-        raise BundleError(
-            f"{path}: missing — build the engines on this machine: psa build-engine {root}"
-        )
+        raise BundleError(f"{path}: missing — build the engines on this machine: {build}")
     side = sidecar_path(path)
     if not side.is_file():
         return TensorRTBackend(path)  # which refuses it, saying how to rebuild it
     try:
         info = EngineInfo.read(side)
     except BackendError as e:
-        raise BundleError(f"{e} — rebuild it: psa build-engine {root}") from None
-    if info.onnx_sha256 != meta["models"][name]["sha256"]:
+        raise BundleError(f"{e} — rebuild it: {build}") from None
+    if info.onnx_sha256 != model_entries(meta, precision)[name]["sha256"]:
         raise BundleError(
-            f"{path}: built from another {MODELS[name][0]} than this bundle's — rebuild it: "
-            f"psa build-engine {root}"
+            f"{path}: built from another {MODELS[name][0]} than this bundle's — rebuild it: {build}"
         )
     return TensorRTBackend(path)
 
@@ -418,6 +484,7 @@ def open_bundle(
     providers: str | Sequence[str] = "auto",
     walk: str = "auto",
     threads: int | None = None,
+    precision: str = "fp32",
 ) -> Bundle:
     """Open a bundle's models with ``backend`` and wire them into a Labeler.
 
@@ -430,6 +497,9 @@ def open_bundle(
             ~18k small operations run on the GPU; "numpy" on ONNX Runtime's CPU provider, where
             the numpy walk is faster than rw.onnx (benchmarks/export_bench.py). Both give the
             same scores to ~1e-6.
+        precision: "fp32" (cam.onnx, aff.onnx), or a variant that ``psa export --precision``
+            wrote: "fp16" / "int8" (cam.int8.onnx, ...; under TensorRT, engines built from
+            them). The walk is float32 whatever the precision.
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend: expected one of {', '.join(BACKENDS)}, got {backend!r}")
@@ -437,13 +507,15 @@ def open_bundle(
         raise ValueError(f"walk: expected one of {', '.join(WALKS)}, got {walk!r}")
     root = Path(bundle_dir)
     meta = load_meta(root)
+    entries = model_entries(meta, precision, root)
     opened: dict[str, Backend] = {}
 
     def model(name: str) -> Backend:
         if backend == "tensorrt":
-            opened[name] = _open_engine(root, name, meta)
+            opened[name] = _open_engine(root, name, meta, precision)
         else:
-            opened[name] = OnnxRuntimeBackend(root / MODELS[name][0], providers, threads)
+            path = root / entries[name]["file"]
+            opened[name] = OnnxRuntimeBackend(path, providers, threads)
         return opened[name]
 
     try:
