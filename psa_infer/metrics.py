@@ -47,6 +47,37 @@ def scores(conf: np.ndarray, class_names: Sequence[str] | None = None) -> dict:
     }
 
 
+def average_precision(scores: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """Per-class average precision of (N, C) scores against (N, C) bool truth: the mean, over
+    the positives, of the precision among the images scored at least as high (ties counted
+    together); NaN for a class with no positive. O(N log N) per class."""
+    scores, truth = np.asarray(scores, np.float64), np.asarray(truth, bool)
+    out = np.full(scores.shape[1], np.nan)
+    for c in range(scores.shape[1]):
+        pos = truth[:, c]
+        if not pos.any():
+            continue
+        order = np.argsort(-scores[:, c], kind="stable")
+        s, p = scores[order, c], pos[order]
+        tp = np.cumsum(p)
+        # the last index of each run of equal scores: every image of a tie sees the whole run
+        ends = np.flatnonzero(np.append(s[1:] != s[:-1], True))
+        per_group = np.diff(np.concatenate([[0], tp[ends]]))  # positives in each tie group
+        out[c] = float(np.sum(per_group * tp[ends] / (ends + 1)) / tp[-1])
+    return out
+
+
+def chance_map(scores: np.ndarray, truth: np.ndarray, trials: int = 200, q: float = 95) -> float:
+    """The ``q``-th percentile of the mAP these scores reach against the labels of shuffled
+    images: what a classifier that learned nothing scores here, with as many images."""
+    rng = np.random.default_rng(0)
+    maps = [
+        np.nanmean(average_precision(scores, truth[rng.permutation(len(truth))]))
+        for _ in range(trials)
+    ]
+    return float(np.percentile(maps, q))
+
+
 def format_table(report: dict) -> str:
     """A plain-text per-class IoU table with the mIoU and pixel accuracy at the bottom."""
     names = list(report["per_class_iou"])

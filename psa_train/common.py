@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import time
@@ -222,6 +223,7 @@ def fit(
     resume: bool = False,
     progress: bool = True,
     validate=None,
+    select: str | None = None,
 ) -> Path:
     """The training loop both stages share; returns the final checkpoint's path.
 
@@ -234,6 +236,10 @@ def fit(
     ``resume`` continues from ``out/last.safetensors`` (a fresh start where there is none), so
     that the final bytes equal an uninterrupted run's on the same machine; `check_resume` says
     which checkpoints qualify.
+
+    ``select``: a key of ``validate``'s dict to maximise; the epoch with its highest value is
+    kept in ``out/best.safetensors`` and becomes the final checkpoint (its metadata says
+    ``selected: {by, epoch, value}``); None keeps the last epoch.
     """
     from torch.utils.data import DataLoader
     from tqdm import tqdm
@@ -268,6 +274,14 @@ def fit(
         restore_rng(tensors, where)
         fast_forward(sched, start_epoch * steps_per_epoch)
         repair_sidecar(last)
+
+    best = out / "best"
+    best_value = -math.inf
+    if select and start_epoch and best.with_suffix(".safetensors").exists():
+        best_value = float(load_checkpoint(best, kind=meta["kind"])[1]["selected"]["value"])
+    elif best.with_suffix(".safetensors").exists():
+        for p in (best.with_suffix(".safetensors"), best.with_suffix(".json")):
+            p.unlink(missing_ok=True)  # an earlier run's, not this one's
 
     log = MetricsLog(out / "metrics.jsonl")
     log.keep_until(start_epoch)
@@ -305,8 +319,20 @@ def fit(
         log.write(**row)
         kill_point_for_tests("log", epoch + 1)
         if progress:
-            tqdm.write("  ".join(f"{k}={v:.4g}" for k, v in row.items()))
+            shown = {k: v for k, v in row.items() if isinstance(v, (int, float))}
+            tqdm.write("  ".join(f"{k}={v:.4g}" for k, v in shown.items()))
+        if select and row.get(select) is not None and row[select] > best_value:
+            best_value = float(row[select])
+            chosen = {"by": select, "epoch": epoch + 1, "value": best_value}
+            save_checkpoint(
+                best, model.state_dict(), {**meta, "epoch": epoch + 1, "selected": chosen}
+            )
         state = {f"model.{k}": v for k, v in model.state_dict().items()}
         state = {**state, **optimizer_state(opt), **rng_state()}
         save_checkpoint(last, state, {**meta, "epoch": epoch + 1})
+    if select and best.with_suffix(".safetensors").exists():
+        tensors, chosen = load_checkpoint(best, kind=meta["kind"])
+        return save_checkpoint(
+            out / name, tensors, {**meta, **{k: chosen[k] for k in ("epoch", "selected")}}
+        )
     return save_checkpoint(out / name, model.state_dict(), {**meta, "epoch": cfg.epochs})

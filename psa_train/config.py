@@ -259,6 +259,12 @@ class TrainCamConfig(_Stage):
     std: tuple[float, float, float] = IMAGENET_STD
     train_split: str = "train"
     val_split: str = "val"
+    # A share of the training images (chosen by a hash of their ids) the classifier does not
+    # train on: each epoch it is scored there (mAP, F1, loss against a class-prior constant),
+    # which says whether it learned, and `select: best` keeps the epoch of the best mAP.
+    # Image-level labels suffice, so every data set has it. 0 trains on every image.
+    holdout: float = 0.1
+    select: str = "best"  # "best" (held-out mAP) or "last" epoch
     num_workers: int = 0
     seed: int = 0
     device: str = "auto"
@@ -271,6 +277,8 @@ class TrainCamConfig(_Stage):
         "mean": Each(UNIT),  # of pixel values scaled to [0, 1]
         "std": Each(POSITIVE),
         "val_split": NAME,
+        "holdout": Real(ge=0, le=0.5),  # more than half would leave less to train on
+        "select": OneOf(("best", "last")),
     }
 
 

@@ -8,11 +8,16 @@ state, for ``--resume``) and, at the end, ``cam.safetensors`` + ``cam.json``.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
+from tqdm import tqdm
 
 from psa_infer.datasets import DataError, DataSet, check_images
 from psa_train.checkpoint import load_checkpoint, load_state_strict
@@ -41,12 +46,19 @@ def train_cam(
     resume: bool = False,
     progress: bool = True,
 ) -> Path:
-    """Train the classifier on ``dataset``'s ``cfg.train_split``; returns the checkpoint path."""
+    """Train the classifier on ``dataset``'s ``cfg.train_split``; returns the checkpoint path.
+
+    ``cfg.holdout`` of the training images are held out (listed in ``out/heldout.txt``) and
+    scored every epoch; the run ends with a verdict (``out/heldout.json``, and a warning when
+    the classifier is near chance).
+    """
     out, device = start_stage(out, cfg)
     torch.manual_seed(cfg.seed)
     samples = dataset.split(cfg.train_split)
     check_images(samples, f"train_cam.train_split '{cfg.train_split}'")
-    ds = ClsDataset(samples, dataset.num_classes, cfg, train=True)
+    train, held = split_holdout(samples, cfg.holdout)
+    (out / HELDOUT_LIST).write_text("".join(f"{s.id}\n" for s in held))
+    ds = ClsDataset(train, dataset.num_classes, cfg, train=True)
     model = build_cam_model(cfg.backbone, cfg.weights, dataset.num_classes).to(device)
     meta = {
         "kind": "cam",
@@ -58,8 +70,146 @@ def train_cam(
         "dataset": dataset.name,
     }
     val = _val_loader(dataset, cfg)
-    validate = (lambda m: {"val_loss": _val_loss(m, val, device)}) if val else None
-    return fit(model, ds, _cls_step, cfg, out, meta, "cam", resume, progress, validate)
+    prior = class_prior(train, dataset.num_classes)
+
+    def validate(m) -> dict:
+        row = {"val_loss": _val_loss(m, val, device)} if val else {}
+        if held:
+            row.update(heldout_scores(m, held, prior, cfg, dataset.classes, device))
+        return row
+
+    select = "heldout_map" if held and cfg.select == "best" else None
+    path = fit(model, ds, _cls_step, cfg, out, meta, "cam", resume, progress, validate, select)
+    if held:
+        report = verdict(out, path)
+        (out / VERDICT).write_text(json.dumps(report, indent=2) + "\n")
+        if progress or report["verdict"] == "near chance":
+            tqdm.write(report["message"], file=sys.stderr)
+    return path
+
+
+HELDOUT_LIST = "heldout.txt"
+VERDICT = "heldout.json"
+
+
+def split_holdout(samples: list, fraction: float) -> tuple[list, list]:
+    """(train, held out): ``fraction`` of the samples, chosen by a hash of each id, so the
+    choice is the same on every machine and does not move when images are added."""
+    if fraction <= 0 or len(samples) < 2:
+        return list(samples), []
+    keyed = sorted(samples, key=lambda s: hashlib.sha1(s.id.encode()).hexdigest())
+    n = min(len(samples) - 1, max(1, round(fraction * len(samples))))
+    held = {s.id for s in keyed[:n]}
+    return [s for s in samples if s.id not in held], [s for s in samples if s.id in held]
+
+
+def class_prior(samples: list, num_classes: int) -> np.ndarray:
+    """How often each class is present in ``samples``, (C,), kept inside [1e-4, 1 - 1e-4]."""
+    counts = np.zeros(num_classes)
+    for s in samples:
+        counts[[c - 1 for c in s.labels]] += 1
+    return np.clip(counts / max(len(samples), 1), 1e-4, 1 - 1e-4)
+
+
+@torch.no_grad()
+def heldout_scores(model, held: list, prior: np.ndarray, cfg, classes, device) -> dict:
+    """The classifier on the held-out images, each whole at scale 1 (as --predict-classes
+    sees it): mAP, macro F1 at 0.5 and loss, beside a constant that predicts the prior."""
+    from psa_infer.cam import normalize_image
+    from psa_infer.datasets import load_image
+    from psa_infer.metrics import average_precision, chance_map
+    from psa_infer.thresholds import class_f1
+
+    model.eval()
+    scores = np.zeros((len(held), len(prior)), np.float32)
+    truth = np.zeros((len(held), len(prior)), bool)
+    for i, s in enumerate(held):
+        x = normalize_image(load_image(s.image), cfg.mean, cfg.std)[None]
+        scores[i] = torch.sigmoid(model(torch.from_numpy(x).to(device))).float().cpu().numpy()[0]
+        truth[i, [c - 1 for c in s.labels]] = True
+    ap = average_precision(scores, truth)
+    f1 = class_f1(scores, truth, 0.5)
+    p = np.clip(scores.astype(np.float64), 1e-7, 1 - 1e-7)
+    loss = -np.mean(truth * np.log(p) + ~truth * np.log(1 - p))
+    prior_loss = -np.mean(truth * np.log(prior) + ~truth * np.log(1 - prior))
+    present = truth.any(0)
+    names = list(classes[1:])
+    return {
+        "heldout_map": float(np.nanmean(ap)) if present.any() else None,
+        "heldout_prior_map": float(truth.mean(0)[present].mean()) if present.any() else None,
+        "heldout_chance_map": chance_map(scores, truth) if present.any() else None,
+        "heldout_f1": float(np.nanmean(f1)) if np.isfinite(f1).any() else None,
+        "heldout_loss": float(loss),
+        "heldout_prior_loss": float(prior_loss),
+        "heldout_ap": {n: _num(v) for n, v in zip(names, ap, strict=True)},
+        "heldout_class_f1": {n: _num(v) for n, v in zip(names, f1, strict=True)},
+    }
+
+
+def _num(v) -> float | None:
+    return None if not np.isfinite(v) else round(float(v), 4)
+
+
+# The verdict. "Near chance": the held-out mAP is no higher than the 95th percentile of what
+# the same scores reach against shuffled images' labels (``chance_map``; it widens as the
+# held-out set shrinks). "Weak": less than half of the way from the class-frequency constant's
+# mAP to a perfect 1.0.
+WEAK = 0.5
+MIN_HELDOUT = 8  # fewer images say nothing either way
+
+
+def verdict(out: Path, checkpoint: Path) -> dict:
+    """Read the kept epoch's held-out row from ``metrics.jsonl`` and judge it."""
+    from psa_train.checkpoint import load_checkpoint
+
+    _, meta = load_checkpoint(checkpoint, kind="cam")
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    row = next(r for r in rows if r["epoch"] == meta["epoch"])
+    m, pm, cm = row["heldout_map"], row["heldout_prior_map"], row["heldout_chance_map"]
+    loss, prior_loss = row["heldout_loss"], row["heldout_prior_loss"]
+    skill = None if m is None else (m - pm) / max(1e-9, 1 - pm)
+    gain = 1 - loss / prior_loss
+    n = len((out / HELDOUT_LIST).read_text().split())
+    if skill is None or n < MIN_HELDOUT:
+        word = "unknown"
+    elif m <= cm:
+        word = "near chance"
+    elif skill < WEAK:
+        word = "weak"
+    else:
+        word = "learned"
+    phrase = {
+        "learned": "the classifier learned",
+        "weak": "the classifier learned a little: expect weak CAMs",
+        "near chance": "the classifier is near chance",
+        "unknown": f"too few held-out images (or classes in them) to judge it: fewer than "
+        f"{MIN_HELDOUT} (raise train_cam.holdout)",
+    }[word]
+    msg = (
+        f"train-cam: epoch {meta['epoch']} on {n} held-out training images: mAP "
+        f"{_fmt(m)} (shuffled labels reach {_fmt(cm)}, a constant of the class frequencies "
+        f"{_fmt(pm)}), loss {loss:.4f} (the constant: {prior_loss:.4f}) — {phrase}"
+    )
+    if word == "near chance":
+        msg = (
+            "WARNING: " + msg + ". Its CAMs will mark little that is specific to a class: "
+            "check the image labels, train longer or with another learning rate, or use a "
+            "backbone with ImageNet weights"
+        )
+    return {
+        "verdict": word,
+        "skill": skill,
+        "chance_map": cm,
+        "loss_gain": gain,
+        "epoch": meta["epoch"],
+        "heldout_images": n,
+        "row": row,
+        "message": msg,
+    }
+
+
+def _fmt(v) -> str:
+    return "n/a" if v is None else f"{v:.3f}"
 
 
 def _val_loader(dataset: DataSet, cfg: TrainCamConfig):

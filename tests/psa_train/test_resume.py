@@ -38,6 +38,8 @@ CAM_ARGS = [
     "train_cam.batch_size=2",
     "--set",
     "train_cam.resize_long=[32,48]",
+    "--set",
+    "train_cam.select=last",  # the kill points count epochs; test_heldout resumes a best-run
 ]
 AFF_ARGS = [
     "--backbone",
@@ -93,7 +95,7 @@ def assert_same_run(out, ref, name: str) -> None:
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("resume")
-    write_voc(root / "voc", n=8)
+    write_voc(root / "voc", n=10)  # 5 training images: 1 held out, 4 train in 2 steps of 2
     return root
 
 
