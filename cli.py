@@ -447,7 +447,8 @@ def _finish(stats: dict, what: str) -> None:
 @click.option("--shard", help="i/n: label every n-th image from i (RANK/WORLD_SIZE if unset).")
 @click.option(
     "--device",
-    help="torch: auto, cpu, cuda, cuda:N; onnxruntime: auto (best provider), cpu or cuda.",
+    help="torch: auto, cpu, cuda, cuda:N; onnxruntime: auto (best provider), cpu, cuda or "
+    "cuda:N (the CUDA provider on GPU N).",
 )
 @fail_fast_option
 @config_options
@@ -518,8 +519,8 @@ def label_cmd(
         from psa_infer.bundle import open_bundle
 
         ort = backend == "onnxruntime"
-        providers = _ort_providers(cfg.label.device) if ort else "auto"
-        opened = open_bundle(bundle, backend, providers, walk, precision=precision)
+        providers, gpu = _ort_providers(cfg.label.device) if ort else ("auto", None)
+        opened = open_bundle(bundle, backend, providers, walk, precision=precision, device_id=gpu)
         labeler, meta = opened.labeler, opened.meta
         used = sorted(set(opened.providers.values()))
         graphs = "" if precision == "fp32" else f"; {precision} graphs"
@@ -555,16 +556,18 @@ def label_cmd(
     _finish(stats, "to label")
 
 
-def _ort_providers(device: str) -> str | list[str]:
-    """label.device for ONNX Runtime: auto → its best provider; cpu or cuda → that one."""
+def _ort_providers(device: str) -> tuple[str | list[str], int | None]:
+    """label.device for ONNX Runtime → (providers, GPU id): auto → its best provider (TensorRT,
+    CUDA, CPU, whichever it has); cpu → CPU; cuda or cuda:N → CUDA on GPU N (default 0)."""
     if device == "auto":
-        return "auto"
+        return "auto", None
     if device == "cpu":
-        return ["CPUExecutionProvider"]
-    if device == "cuda":
-        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        return ["CPUExecutionProvider"], None
+    kind, _, index = device.partition(":")
+    if kind == "cuda" and (not index or index.isdigit()):
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"], int(index) if index else None
     raise click.BadParameter(
-        f"expected auto, cpu or cuda with a bundle, got {device!r}", param_hint="--device"
+        f"expected auto, cpu, cuda or cuda:N with a bundle, got {device!r}", param_hint="--device"
     )
 
 
@@ -722,22 +725,19 @@ def export_cmd(
     type=click.Choice(["fp32", "fp16", "int8"]),
     default="fp32",
     show_default=True,
-    help="cam and aff engines; the walk (rw) is always FP32.",
-)
-@click.option(
-    "--calib-dir",
-    type=click.Path(exists=True, file_okay=False),
-    help="Images to calibrate INT8 on (a few hundred like the ones to label).",
+    help="Which graphs to build: cam.onnx/aff.onnx, or the fp16/int8 variants that psa export "
+    "--precision wrote (cam.fp16.onnx, ...). The walk (rw) is always FP32.",
 )
 @click.option(
     "--profile",
     "sides",
     metavar="MIN,OPT,MAX",
-    default="32,448,512",
+    default="32,448,1024",  # psa_infer.profiles.DEFAULT_SIDES (a test keeps them equal)
     show_default=True,
     callback=_image_sides,
     help="Sides in pixels of the images to label: the engines accept every H and W in "
-    "[MIN, MAX] (the CAM engine: times each scale of meta.json).",
+    "[MIN, MAX] (the CAM engine at each scale of meta.json; inputs above 1024 px in the "
+    "runtime's tiles).",
 )
 @click.option(
     "--timing-cache",
@@ -752,27 +752,21 @@ def export_cmd(
     help="GPU memory TensorRT may use for tactics while building (less on a Jetson).",
 )
 @friendly
-def build_engine_cmd(bundle, precision, calib_dir, sides, timing_cache, workspace_gb):
+def build_engine_cmd(bundle, precision, sides, timing_cache, workspace_gb):
     """Build TensorRT engines (cam, aff, rw) for BUNDLE on this machine's GPU.
 
     Run it on the device that will label (a GPU server, a Jetson): an engine only runs with
-    the TensorRT version and GPU model that built it. Mean/std for INT8 calibration come from
-    the bundle's meta.json. Writes <name>.engine and <name>.engine.json beside the ONNX files.
+    the TensorRT version (10.3 or later) and GPU model that built it. Each graph is built as
+    it is, as a strongly typed network: precision comes from the graph (FP16 casts, INT8 Q/DQ
+    nodes), not from builder flags. Writes <name>.engine (cam.fp16.engine, ... for a variant)
+    and <name>.engine.json beside the ONNX files. Needs no PyTorch.
     """
-    import importlib.util
+    from export.engine import build_bundle_engines, bundle_builds
+    from psa_infer.backends import import_tensorrt
 
-    from export.bundle import build_bundle_engines, engine_profiles
-    from psa_infer.bundle import load_meta
-
-    if precision == "int8" and not calib_dir:
-        raise click.UsageError("--precision int8 needs --calib-dir with calibration images")
-    engine_profiles(load_meta(bundle), sides)  # bundle and profile errors first, GPU or not
-    if importlib.util.find_spec("tensorrt") is None:
-        raise click.ClickException(
-            "TensorRT is not installed here: build engines on the GPU machine that will run "
-            "them (pip install psa[trt]; on Jetson, JetPack's python3-libnvinfer)"
-        )
-    paths = build_bundle_engines(bundle, precision, calib_dir, sides, timing_cache, workspace_gb)
+    bundle_builds(bundle, precision, sides)  # bundle, variant and profile errors, GPU or not
+    import_tensorrt()  # absent or older than 10.3: one line saying what to install
+    paths = build_bundle_engines(bundle, precision, sides, timing_cache, workspace_gb)
     for p in paths:
         click.echo(f"wrote {p}")
 

@@ -1,4 +1,5 @@
-"""``psa export``: two checkpoints → a model bundle; ``psa build-engine``: bundle → engines.
+"""``psa export``: two checkpoints → a model bundle (``psa build-engine``, in the torch-free
+``export/engine.py``, turns one into TensorRT engines).
 
 The bundle (``psa_infer/bundle.py`` reads it) is ``cam.onnx``, ``aff.onnx``, ``rw.onnx`` — all
 at one opset — and ``meta.json``::
@@ -22,23 +23,19 @@ from the old ONNX files).
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
-from export.engine import EngineError, build_engine
 from export.onnx_export import export_aff, export_cam
 from export.rw_graph import save_rw_model
 from psa_infer.artifacts import file_sha256
-from psa_infer.backends import CAM_IMAGE, RW_FEATURES, RW_SCORES
 from psa_infer.bundle import (
     META,
     MODELS,
     SCHEMA_VERSION,
     BundleError,
-    engine_path,
     load_meta,
     onnx_io_specs,
     read_onnx,
@@ -180,88 +177,3 @@ def export_bundle(
     finally:
         shutil.rmtree(stage, ignore_errors=True)
     return out
-
-
-# ---------------------------------------------------------------------------- engines
-
-DEFAULT_SIDES = (32, 448, 512)  # image sides MIN, OPT, MAX in pixels (VOC images are <= 500)
-RW_PRECISION = "fp32"
-
-
-def _pad8(n: float) -> int:
-    return int(math.ceil(n / STRIDE) * STRIDE)
-
-
-def engine_profiles(meta: dict, sides: Sequence[int] = DEFAULT_SIDES) -> dict[str, dict]:
-    """Optimisation profiles {model: {input: (min, opt, max)}} for images of ``sides`` pixels.
-
-    ``sides`` = (MIN, OPT, MAX) sides of the images to label (each of H and W anywhere in
-    [MIN, MAX]). From them: cam.onnx sees every scale of meta.json (side × scale) in batches of
-    2 with flip; aff.onnx sees the image padded to a multiple of 8; rw.onnx sees the stride-8
-    grid with 1 … len(classes) score channels (background + present classes) and the feature
-    depth D of aff.onnx.
-    """
-    lo, opt, hi = (int(s) for s in sides)
-    if not 1 <= lo <= opt <= hi:
-        raise EngineError(f"profile: expected image sides 1 <= MIN <= OPT <= MAX, got {sides}")
-    batch = 2 if meta["flip"] else 1
-    s_lo, s_hi = min(meta["scales"]), max(meta["scales"])
-    cam_lo = max(1, round(lo * s_lo))
-    cam_opt = max(cam_lo, opt)  # scale 1 is the typical input; all scales > 1 move it up
-    cam_hi = max(cam_opt, math.ceil(hi * s_hi))
-    depth = meta["models"]["aff"]["outputs"][0]["shape"][1]  # fixed: load_meta checks it
-    g_lo, g_opt, g_hi = (_pad8(s) // STRIDE for s in (lo, opt, hi))
-    n = len(meta["classes"])
-    return {
-        "cam": {
-            CAM_IMAGE: (
-                (1, 3, cam_lo, cam_lo),
-                (batch, 3, cam_opt, cam_opt),
-                (batch, 3, cam_hi, cam_hi),
-            )
-        },
-        "aff": {CAM_IMAGE: tuple((1, 3, _pad8(s), _pad8(s)) for s in (lo, opt, hi))},
-        "rw": {
-            RW_SCORES: ((1, g_lo, g_lo), (min(2, n), g_opt, g_opt), (n, g_hi, g_hi)),
-            RW_FEATURES: tuple((depth, g, g) for g in (g_lo, g_opt, g_hi)),
-        },
-    }
-
-
-def build_bundle_engines(
-    bundle_dir: str | os.PathLike,
-    precision: str = "fp32",
-    calib_dir: str | os.PathLike | None = None,
-    sides: Sequence[int] = DEFAULT_SIDES,
-    timing_cache: str | os.PathLike | None = None,
-    workspace_gb: float = 4.0,
-) -> list[Path]:
-    """Build ``cam.engine``, ``aff.engine`` and ``rw.engine`` beside the bundle's ONNX files.
-
-    Mean/std for INT8 calibration come from meta.json. The walk (rw) is always built in FP32:
-    INT8 calibration feeds images, which rw.onnx does not take, and 256 steps of FP16 rounding
-    would buy little on a small, memory-bound graph.
-    """
-    from export.engine import PRECISIONS
-
-    root = Path(bundle_dir)
-    meta = load_meta(root)
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision: expected one of {', '.join(PRECISIONS)}, got {precision!r}")
-    profiles = engine_profiles(meta, sides)
-    built = []
-    for name, (file, _, _) in MODELS.items():
-        built.append(
-            build_engine(
-                root / file,
-                engine_path(root, name),
-                precision=RW_PRECISION if name == "rw" else precision,
-                calib_dir=calib_dir if name != "rw" else None,
-                profile=profiles[name],
-                timing_cache=timing_cache,
-                workspace_gb=workspace_gb,
-                mean=meta["mean"],
-                std=meta["std"],
-            )
-        )
-    return built

@@ -1,29 +1,34 @@
-"""ONNX → TensorRT engine (TensorRT 10 API), with the sidecar the runtime checks.
+"""ONNX → TensorRT engines (TensorRT 10.3+ and 11.x), with the sidecar the runtime checks.
 
-``build_engine`` parses the ONNX file (every parser error reported), builds one optimisation
-profile over the input shapes, FP32/FP16, or INT8 calibrated on a folder of images (entropy
-calibrator 2, images preprocessed as the runtime does: RGB/255, then mean/std), optionally with
-a timing cache, and writes ``<engine>.json`` (``psa_infer.backends.EngineInfo``): GPU name,
-TensorRT version, precision, profile, the ONNX file's sha256 and its tensor specs. Everything up
-to the build is checked first, without TensorRT, so bad arguments fail the same way on a
-CPU-only machine; tensorrt and cuda-python are imported only to build. What a user can cause —
-an unreadable ONNX file (``psa_infer.bundle.BundleError``), a bad profile, a graph TensorRT
-refuses, a calibration folder without images — is a ``PsaError`` naming the file or option.
+Torch-free: ``psa build-engine`` runs on a Jetson that has TensorRT and numpy but no PyTorch
+(a subprocess test imports this module and runs the command with ``import torch`` failing).
+
+``build_engine`` builds one ONNX file as it is: a strongly typed network (TensorRT 11 knows no
+other kind; 10.x has it since 10.0), so each tensor keeps the type the graph gives it. Reduced
+precision is a property of the graph — FP16 variants carry casts, INT8 variants explicit Q/DQ
+nodes (``export/precision.py``) — so there are no builder precision flags and no calibrator.
+One optimisation profile over the input shapes, optionally a timing cache, and ``<engine>.json``
+(``psa_infer.backends.EngineInfo``): GPU name, TensorRT version, precision, the ONNX file and its
+sha256, the profile and the image sides it covers.
+
+``build_bundle_engines`` does this for a bundle's cam, aff and rw graphs of one precision with
+the profiles of ``psa_infer.profiles.engine_profiles`` (the shapes the runtime feeds, tiles
+included). Everything up to the build is checked first, without TensorRT, so bad arguments fail
+the same way on a CPU-only machine; tensorrt and cuda-python are imported only to build. What a
+user can cause — an unreadable ONNX file, a missing precision variant, a bad profile, a graph
+TensorRT refuses, a TensorRT older than 10.3 — is a ``PsaError`` naming the file or option.
 """
 
 from __future__ import annotations
 
+import os
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-
-import numpy as np
-from PIL import Image
 
 from psa_infer.artifacts import file_sha256
 from psa_infer.backends import (
     EngineInfo,
-    cuda_check,
     format_shape,
     gpu_name,
     import_cudart,
@@ -31,14 +36,19 @@ from psa_infer.backends import (
     shape_matches,
     sidecar_path,
 )
-from psa_infer.bundle import onnx_io_specs, read_onnx
-from psa_infer.cam import normalize_image
+from psa_infer.bundle import (
+    META,
+    MODELS,
+    PRECISIONS,
+    engine_path,
+    load_meta,
+    model_entries,
+    onnx_io_specs,
+    read_onnx,
+)
 from psa_infer.errors import PsaError
+from psa_infer.profiles import DEFAULT_SIDES, Profile, check_sides, engine_profiles
 
-PRECISIONS = ("fp32", "fp16", "int8")
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
-Shape = tuple[int, ...]
-Profile = dict[str, tuple[Shape, Shape, Shape]]  # input -> (min, opt, max)
 _SHAPE = re.compile(r"^\d+(x\d+)*$")
 
 
@@ -98,25 +108,6 @@ def check_profile(inputs: Sequence[dict], profile: Mapping[str, tuple]) -> Profi
     return out
 
 
-def calibration_batches(
-    calib_dir: str | Path, shape: Shape, mean: Sequence[float], std: Sequence[float]
-) -> Iterator[np.ndarray]:
-    """(B, 3, H, W) float32 batches of the folder's images, resized to H×W and normalised.
-
-    The images are sorted by name; the last incomplete batch is dropped (TensorRT calibrates
-    at a fixed batch size).
-    """
-    b, _, h, w = shape
-    files = sorted(p for p in Path(calib_dir).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    for i in range(0, len(files) - b + 1, b):
-        batch = []
-        for path in files[i : i + b]:
-            with Image.open(path) as im:
-                img = np.asarray(im.convert("RGB").resize((w, h), Image.BICUBIC))
-            batch.append(normalize_image(img, mean, std))
-        yield np.stack(batch)
-
-
 def write_sidecar(engine_path: str | Path, info: EngineInfo) -> Path:
     """Write ``<engine>.json`` beside the engine; ``EngineInfo.read`` reads it back."""
     path = sidecar_path(engine_path)
@@ -124,91 +115,56 @@ def write_sidecar(engine_path: str | Path, info: EngineInfo) -> Path:
     return path
 
 
-def _check_args(onnx_path: Path, precision: str, calib_dir, mean, std, workspace_gb) -> None:
+def _check_args(onnx_path: Path, precision: str, workspace_gb) -> None:
     if not onnx_path.is_file():
         raise EngineError(f"{onnx_path}: no such ONNX file")
     if precision not in PRECISIONS:
         raise ValueError(f"precision: expected one of {', '.join(PRECISIONS)}, got {precision!r}")
-    if not (isinstance(workspace_gb, (int, float)) and workspace_gb > 0):
+    if isinstance(workspace_gb, bool) or not (
+        isinstance(workspace_gb, (int, float)) and workspace_gb > 0
+    ):
         raise ValueError(f"workspace_gb: expected a number > 0, got {workspace_gb!r}")
-    if precision != "int8":
-        return
-    if calib_dir is None or not Path(calib_dir).is_dir():
-        raise ValueError(f"calib_dir: int8 needs a folder of calibration images, got {calib_dir}")
-    if not any(p.suffix.lower() in IMAGE_SUFFIXES for p in Path(calib_dir).iterdir()):
-        raise EngineError(f"{calib_dir}: no {'/'.join(IMAGE_SUFFIXES)} images to calibrate on")
-    if mean is None or std is None or len(mean) != 3 or len(std) != 3:
-        raise ValueError(f"int8: expected 3 mean and 3 std values, got mean={mean} std={std}")
 
 
-def _calibrator(trt, cudart, batches: Iterator[np.ndarray], batch_size: int):
-    """An IInt8EntropyCalibrator2 feeding ``batches`` through one device buffer."""
-
-    class Calibrator(trt.IInt8EntropyCalibrator2):
-        def __init__(self) -> None:
-            trt.IInt8EntropyCalibrator2.__init__(self)  # the bindings need the explicit call
-            self.ptr, self.nbytes, self.cache = 0, 0, None
-
-        def get_batch_size(self) -> int:
-            return batch_size
-
-        def get_batch(self, names):
-            x = next(batches, None)
-            if x is None:
-                return None  # calibration done
-            if x.nbytes > self.nbytes:
-                if self.ptr:
-                    cuda_check(cudart, cudart.cudaFree(self.ptr), "cudaFree")
-                self.ptr = int(cuda_check(cudart, cudart.cudaMalloc(x.nbytes), "cudaMalloc"))
-                self.nbytes = x.nbytes
-            h2d = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice
-            cuda_check(cudart, cudart.cudaMemcpy(self.ptr, x.ctypes.data, x.nbytes, h2d), "copy")
-            return [self.ptr]
-
-        def read_calibration_cache(self):
-            return self.cache
-
-        def write_calibration_cache(self, cache) -> None:
-            self.cache = bytes(cache)
-
-    return Calibrator()
+def _strongly_typed(trt) -> int:
+    """``create_network``'s flags: strongly typed. TensorRT 11 keeps the flag but ignores it
+    (every network is strongly typed there); should a later version drop it, 0 means the same."""
+    flag = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
+    return 0 if flag is None else 1 << int(flag)
 
 
 def build_engine(
-    onnx_path: str | Path,
-    engine_path: str | Path,
-    precision: str = "fp32",
-    calib_dir: str | Path | None = None,
+    onnx_path: str | os.PathLike,
+    engine_path: str | os.PathLike,
     profile: Mapping[str, tuple] | str | Sequence[str] | None = None,
-    timing_cache: str | Path | None = None,
+    precision: str = "fp32",
+    timing_cache: str | os.PathLike | None = None,
     workspace_gb: float = 4.0,
-    mean: Sequence[float] | None = None,
-    std: Sequence[float] | None = None,
+    image_sides: Sequence[int] | None = None,
 ) -> Path:
     """Build ``engine_path`` from ``onnx_path`` on this machine's GPU; returns the engine path.
 
     ``profile``: {input: (min, opt, max)} shapes, or strings for ``parse_profile``; required
-    for every input with dynamic dimensions. ``precision`` "int8" calibrates at the ``opt``
-    shape on the images of ``calib_dir`` normalised with ``mean``/``std`` (the bundle's
-    meta.json values). ``timing_cache``: a file read if present and written after the build.
+    for every input with dynamic dimensions. ``precision`` names what the graph computes in
+    (fp32, or an fp16/int8 variant); it is recorded, not applied — the graph's own types
+    decide — except that "fp32" also turns TF32 off (TensorRT allows TF32 convolutions and
+    matmuls by default on Ampere and later; "fp32" means FP32, so the ladder's FP32 rung
+    compares like with like). ``timing_cache``: a file read if present and written after the
+    build. ``image_sides``: the (MIN, OPT, MAX) image pixels the profile was made for, kept in
+    the sidecar so that the runtime can refuse an image by its size.
     """
     onnx_path, engine_path = Path(onnx_path), Path(engine_path)
-    _check_args(onnx_path, precision, calib_dir, mean, std, workspace_gb)
+    _check_args(onnx_path, precision, workspace_gb)
     inputs, outputs = onnx_io_specs(read_onnx(onnx_path))
     if isinstance(profile, (str, list, tuple)):
         profile = parse_profile(profile)
     shapes = check_profile(inputs, profile or {})
-    opt_shapes = [opt for _, opt, _ in shapes.values()]
-    if precision == "int8" and not (len(opt_shapes) == 1 and len(opt_shapes[0]) == 4):
-        raise EngineError(
-            f"int8: calibration feeds images, so the model needs one (B, 3, H, W) input; "
-            f"{onnx_path.name} has the inputs {', '.join(shapes)}"
-        )
+    sides = list(check_sides(image_sides)) if image_sides is not None else []
 
     trt, cudart = import_tensorrt(), import_cudart()
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    network = builder.create_network(0)  # explicit batch is the only mode in TensorRT 10
+    network = builder.create_network(_strongly_typed(trt))
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
         errs = [parser.get_error(i) for i in range(parser.num_errors)]
@@ -221,16 +177,7 @@ def build_engine(
         opt_profile.set_shape(name, lo, opt, hi)
     config.add_optimization_profile(opt_profile)
     if precision == "fp32":
-        # TensorRT allows TF32 (10-bit mantissa) matmuls/convs by default on Ampere and later;
-        # "fp32" means FP32, so that the ladder's FP32 rung compares like with like.
         config.clear_flag(trt.BuilderFlag.TF32)
-    if precision in ("fp16", "int8"):
-        config.set_flag(trt.BuilderFlag.FP16)  # int8: layers without int8 kernels fall to fp16
-    if precision == "int8":
-        batches = calibration_batches(calib_dir, opt_shapes[0], mean, std)
-        config.set_flag(trt.BuilderFlag.INT8)
-        config.int8_calibrator = _calibrator(trt, cudart, batches, opt_shapes[0][0])
-        config.set_calibration_profile(opt_profile)
     cache_path = Path(timing_cache) if timing_cache else None
     old = cache_path.read_bytes() if cache_path and cache_path.is_file() else b""
     config.set_timing_cache(config.create_timing_cache(old), False)  # False: refuse a foreign cache
@@ -250,6 +197,51 @@ def build_engine(
         profile={k: [list(s) for s in v] for k, v in shapes.items()},
         inputs=inputs,
         outputs=outputs,
+        onnx_file=onnx_path.name,
+        image_sides=sides,
     )
     write_sidecar(engine_path, info)
     return engine_path
+
+
+def bundle_builds(
+    bundle_dir: str | os.PathLike, precision: str = "fp32", sides: Sequence[int] = DEFAULT_SIDES
+) -> list[tuple[Path, Path, dict]]:
+    """What ``build_bundle_engines`` would build, checked without TensorRT: a list of
+    (ONNX file, engine file, profile) for cam, aff and rw.
+
+    The ONNX files are the ``precision`` variant's, as meta.json lists them (rw.onnx has no
+    variant: the walk stays float32); the engines go beside them (``engine_path``).
+    """
+    root = Path(bundle_dir)
+    meta = load_meta(root)
+    entries = model_entries(meta, precision, root / META)
+    profiles = engine_profiles(meta, sides)
+    return [
+        (root / entries[name]["file"], engine_path(root, name, precision), profiles[name])
+        for name in MODELS
+    ]
+
+
+def build_bundle_engines(
+    bundle_dir: str | os.PathLike,
+    precision: str = "fp32",
+    sides: Sequence[int] = DEFAULT_SIDES,
+    timing_cache: str | os.PathLike | None = None,
+    workspace_gb: float = 4.0,
+) -> list[Path]:
+    """Build the cam, aff and rw engines of ``precision`` beside the bundle's ONNX files, for
+    images of ``sides`` = (MIN, OPT, MAX) pixels; returns the engine paths."""
+    builds = bundle_builds(bundle_dir, precision, sides)
+    return [
+        build_engine(
+            onnx,
+            engine,
+            profile,
+            precision="fp32" if onnx.name == MODELS["rw"][0] else precision,
+            timing_cache=timing_cache,
+            workspace_gb=workspace_gb,
+            image_sides=sides,
+        )
+        for onnx, engine, profile in builds
+    ]

@@ -22,7 +22,7 @@ import json
 import math
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from psa_infer.artifacts import file_sha256
@@ -49,6 +49,7 @@ from psa_infer.backends import (
 )
 from psa_infer.errors import PsaError
 from psa_infer.pipeline import STRIDE, Labeler, WalkParams
+from psa_infer.profiles import DEFAULT_SIDES, check_image_size, engine_profiles, profile_strings
 
 SCHEMA_VERSION = 1
 META = "meta.json"
@@ -68,6 +69,9 @@ WALKS = ("auto", "onnx", "numpy")
 # Providers on which the walk runs as rw.onnx by default. On ONNX Runtime's CPU provider the numpy
 # walk is faster (benchmarks/export_bench.py, 2 cores: 0.09 s vs 0.15 s for a 448 px image).
 _GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+# Where ONNX Runtime's TensorRT provider keeps the engines it builds, inside the bundle (which a
+# re-export replaces whole, cache included).
+ORT_TRT_CACHE = "ort_trt_cache"
 
 
 class BundleError(PsaError):
@@ -447,6 +451,70 @@ def _open_engine(root: Path, name: str, meta: dict, precision: str = "fp32") -> 
     return TensorRTBackend(path)
 
 
+def ort_provider_options(
+    root: str | os.PathLike,
+    meta: dict,
+    name: str,
+    precision: str = "fp32",
+    device_id: int | None = None,
+    sides: Sequence[int] = DEFAULT_SIDES,
+) -> dict[str, dict]:
+    """ONNX Runtime provider options for model ``name`` of a bundle: {provider: options}.
+
+    The TensorRT provider builds an engine per graph; with no options it would rebuild one for
+    every new input shape and keep none. So: an engine cache in ``<bundle>/ort_trt_cache``, one
+    explicit profile covering images of ``sides`` pixels (``psa_infer.profiles``, the same as
+    ``psa build-engine``'s), and FP16 kernels allowed for the fp16 graphs (INT8 graphs carry
+    their own Q/DQ nodes; the walk stays float32). ``device_id`` (``--device cuda:N``) goes to
+    the TensorRT and CUDA providers.
+    """
+    bad_id = isinstance(device_id, bool) or not isinstance(device_id, (int, type(None)))
+    if bad_id or (device_id is not None and device_id < 0):
+        raise ValueError(f"device_id: expected an integer >= 0, got {device_id!r}")
+    lo, opt, hi = profile_strings(engine_profiles(meta, sides)[name])
+    trt = {
+        "trt_engine_cache_enable": True,
+        "trt_engine_cache_path": str(Path(root) / ORT_TRT_CACHE),
+        "trt_profile_min_shapes": lo,
+        "trt_profile_opt_shapes": opt,
+        "trt_profile_max_shapes": hi,
+        "trt_fp16_enable": precision == "fp16" and name in VARIANT_MODELS,
+    }
+    cuda = {}
+    if device_id is not None:
+        trt["device_id"] = cuda["device_id"] = device_id
+    return {"TensorrtExecutionProvider": trt, "CUDAExecutionProvider": cuda}
+
+
+@dataclass
+class _EngineLabeler(Labeler):
+    """A Labeler on TensorRT engines: an image whose sides fall outside the pixels the engines
+    were built for is refused by its size before any engine sees it (``check_image_size``)."""
+
+    image_sides: tuple[int, int, int] = DEFAULT_SIDES
+    engines: str = "the TensorRT engines"
+
+    def predict_classes(self, img, threshold):
+        check_image_size(img.shape[0], img.shape[1], self.image_sides, self.engines)
+        return super().predict_classes(img, threshold)
+
+    def label(self, img, *args, **kwargs):
+        check_image_size(img.shape[0], img.shape[1], self.image_sides, self.engines)
+        return super().label(img, *args, **kwargs)
+
+
+def _size_checked(labeler: Labeler, engines: Sequence[Backend], root: Path) -> Labeler:
+    """``labeler`` as an ``_EngineLabeler`` over the image sides every engine was built for;
+    as it is where a sidecar records none (the engines then refuse tensor shapes)."""
+    sides = [getattr(getattr(e, "info", None), "image_sides", []) for e in engines]
+    if not sides or not all(len(s) == 3 for s in sides):
+        return labeler
+    lo, hi = max(s[0] for s in sides), min(s[2] for s in sides)
+    opt = min(max(sides[0][1], lo), hi)
+    kept = {f.name: getattr(labeler, f.name) for f in fields(Labeler)}
+    return _EngineLabeler(**kept, image_sides=(lo, opt, hi), engines=f"{root}'s TensorRT engines")
+
+
 @dataclass
 class Bundle:
     """An opened bundle: its meta.json, the backends of its models, and the Labeler using them.
@@ -485,6 +553,8 @@ def open_bundle(
     walk: str = "auto",
     threads: int | None = None,
     precision: str = "fp32",
+    device_id: int | None = None,
+    sides: Sequence[int] = DEFAULT_SIDES,
 ) -> Bundle:
     """Open a bundle's models with ``backend`` and wire them into a Labeler.
 
@@ -500,6 +570,10 @@ def open_bundle(
         precision: "fp32" (cam.onnx, aff.onnx), or a variant that ``psa export --precision``
             wrote: "fp16" / "int8" (cam.int8.onnx, ...; under TensorRT, engines built from
             them). The walk is float32 whatever the precision.
+        device_id: the GPU of ONNX Runtime's CUDA and TensorRT providers (default: theirs, 0).
+        sides: (MIN, OPT, MAX) image pixels that ONNX Runtime's TensorRT provider builds its
+            engines for (``ort_provider_options``). TensorRT engines carry their own, from
+            ``psa build-engine --profile``; an image outside them is refused by its size.
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend: expected one of {', '.join(BACKENDS)}, got {backend!r}")
@@ -515,7 +589,8 @@ def open_bundle(
             opened[name] = _open_engine(root, name, meta, precision)
         else:
             path = root / entries[name]["file"]
-            opened[name] = OnnxRuntimeBackend(path, providers, threads)
+            options = ort_provider_options(root, meta, name, precision, device_id, sides)
+            opened[name] = OnnxRuntimeBackend(path, providers, threads, options)
         return opened[name]
 
     try:
@@ -534,6 +609,8 @@ def open_bundle(
             classify=classify_from(cam),
             walk=walk_from(model("rw")) if walk == "onnx" else None,
         )
+        if backend == "tensorrt":
+            labeler = _size_checked(labeler, list(opened.values()), root)
     except BaseException:
         for b in opened.values():
             b.close()

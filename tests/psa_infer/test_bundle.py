@@ -15,8 +15,17 @@ from click.testing import CliRunner
 
 from cli import main
 from psa_infer.backends import EngineInfo, sidecar_path
-from psa_infer.bundle import BundleError, bundle_labeler, load_meta, onnx_io_specs, open_bundle
+from psa_infer.bundle import (
+    BundleError,
+    _size_checked,
+    bundle_labeler,
+    load_meta,
+    onnx_io_specs,
+    open_bundle,
+    ort_provider_options,
+)
 from psa_infer.palette import load_label_png
+from psa_infer.profiles import ProfileError, engine_profiles, profile_strings
 from tests.conftest import ROOT
 
 pytest.importorskip("onnxruntime")
@@ -344,7 +353,6 @@ assert "torch" not in sys.modules
         (["--backend", "tensorrt", "--model", "B", "--cam", "C"], "and no --cam/--aff"),
         (["--model", "B"], "--backend torch needs --cam and --aff (and no --model)"),
         (["--backend", "onnxruntime", "--model", "B", "--pairs", "psa"], "exported with pairs"),
-        (["--backend", "onnxruntime", "--model", "B", "--device", "cuda:1"], "auto, cpu or cuda"),
     ],
 )
 def test_cli_label_backend_options(tiny_bundle, tmp_path, extra, message):
@@ -352,3 +360,113 @@ def test_cli_label_backend_options(tiny_bundle, tmp_path, extra, message):
     args = ["label", str(tiny_bundle.data), "-o", str(tmp_path / "o")]
     r = CliRunner().invoke(main, args + [subst.get(a, a) for a in extra])
     assert r.exit_code == 2 and message in r.output, r.output
+
+
+# ---------------------------------------------------------------------------- GPU providers
+
+
+def test_ort_provider_options_of_a_bundle(tiny_bundle):
+    meta = load_meta(tiny_bundle.bundle)
+    for name in ("cam", "aff", "rw"):
+        opts = ort_provider_options(tiny_bundle.bundle, meta, name, "fp32", None, (32, 448, 512))
+        trt = opts["TensorrtExecutionProvider"]
+        # the profile is build-engine's, in ONNX Runtime's "name:AxBxC,..." syntax
+        lo, opt, hi = profile_strings(engine_profiles(meta, (32, 448, 512))[name])
+        assert (trt["trt_profile_min_shapes"], trt["trt_profile_opt_shapes"]) == (lo, opt)
+        assert trt["trt_profile_max_shapes"] == hi
+        assert trt["trt_engine_cache_enable"] is True
+        assert trt["trt_engine_cache_path"] == str(tiny_bundle.bundle / "ort_trt_cache")
+        assert trt["trt_fp16_enable"] is False and "device_id" not in trt
+        assert opts["CUDAExecutionProvider"] == {}
+    default = ort_provider_options(tiny_bundle.bundle, meta, "cam")["TensorrtExecutionProvider"]
+    # the default sides' 1024 px at the bundle's largest scale (1.0), untiled
+    assert default["trt_profile_max_shapes"] == "image:2x3x1024x1024"
+    fp16 = ort_provider_options(tiny_bundle.bundle, meta, "cam", "fp16", device_id=2)
+    assert fp16["TensorrtExecutionProvider"]["trt_fp16_enable"] is True
+    assert fp16["TensorrtExecutionProvider"]["device_id"] == 2
+    assert fp16["CUDAExecutionProvider"] == {"device_id": 2}
+    rw = ort_provider_options(tiny_bundle.bundle, meta, "rw", "fp16")
+    assert rw["TensorrtExecutionProvider"]["trt_fp16_enable"] is False  # the walk stays fp32
+    with pytest.raises(ValueError, match=r"^device_id: expected an integer >= 0, got -1$"):
+        ort_provider_options(tiny_bundle.bundle, meta, "cam", device_id=-1)
+
+
+@pytest.fixture
+def gpu_onnxruntime(monkeypatch):
+    """onnxruntime claiming the TensorRT and CUDA providers; sessions record what they were
+    asked for and run on the CPU."""
+    import onnxruntime
+
+    from tests.psa_infer.test_backends import FakeSession
+
+    everything = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: everything)
+    monkeypatch.setattr(FakeSession, "real", onnxruntime.InferenceSession)
+    monkeypatch.setattr(onnxruntime, "InferenceSession", FakeSession)
+    monkeypatch.setattr(FakeSession, "asked", [])
+    return FakeSession.asked
+
+
+def test_open_bundle_gives_each_graph_its_provider_options(bundle, gpu_onnxruntime):
+    with open_bundle(bundle, device_id=1, walk="onnx", sides=(32, 448, 512)) as opened:
+        assert opened.labeler.label(np.full((40, 50, 3), 99, np.uint8), [1]).shape == (40, 50)
+    meta = load_meta(bundle)
+    assert len(gpu_onnxruntime) == 3  # cam, aff, rw
+    for name, asked in zip(("cam", "aff", "rw"), gpu_onnxruntime, strict=True):
+        expected = ort_provider_options(bundle, meta, name, "fp32", 1, (32, 448, 512))
+        assert asked == [
+            ("TensorrtExecutionProvider", expected["TensorrtExecutionProvider"]),
+            ("CUDAExecutionProvider", {"device_id": 1}),
+            "CPUExecutionProvider",
+        ]
+    assert (bundle / "ort_trt_cache").is_dir()
+
+
+@pytest.mark.parametrize(
+    "device, providers, gpu",
+    [("cuda:1", ["CUDAExecutionProvider", "CPUExecutionProvider"], 1),
+     ("cuda", ["CUDAExecutionProvider", "CPUExecutionProvider"], None),
+     ("cpu", ["CPUExecutionProvider"], None)],
+)  # fmt: skip
+def test_cli_label_device_picks_the_provider_and_gpu(
+    tiny_bundle, bundle, tmp_path, gpu_onnxruntime, device, providers, gpu
+):
+    args = ["label", str(tiny_bundle.data), "--split", "val", "--backend", "onnxruntime"]
+    args += ["--model", str(bundle), "-o", str(tmp_path / "o"), "--device", device]
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 0, r.output
+    for asked in gpu_onnxruntime:
+        names = [p if isinstance(p, str) else p[0] for p in asked]
+        assert names == providers
+        if gpu is not None:
+            assert dict(asked[0][1]) == {"device_id": gpu}
+
+
+# ---------------------------------------------------------------------------- image sides
+
+
+class FakeEngine:
+    """A backend with the sidecar of an engine built for ``sides``."""
+
+    def __init__(self, sides):
+        self.info = EngineInfo("10.3.0", "Orin", "fp32", "0" * 64, image_sides=list(sides))
+
+
+def test_tensorrt_labeler_refuses_an_image_by_its_pixels(tiny_bundle, tmp_path):
+    with open_bundle(tiny_bundle.bundle) as opened:
+        engines = [FakeEngine((32, 448, 512)), FakeEngine((16, 448, 600)), FakeEngine((32, 1, 500))]
+        labeler = _size_checked(opened.labeler, engines, tmp_path)
+        img = np.full((40, 50, 3), 99, np.uint8)
+        assert (labeler.label(img, [1]) == opened.labeler.label(img, [1])).all()  # inside
+        message = (
+            rf"^{tmp_path}'s TensorRT engines: a 501x40-pixel image is outside the TensorRT "
+            r"engines' profile, built for image sides of 32 to 500 pixels \(psa build-engine "
+            r"--profile 32,448,500\) — rebuild them for it: psa build-engine --profile 32,448,501$"
+        )
+        with pytest.raises(ProfileError, match=message):
+            labeler.label(np.zeros((40, 501, 3), np.uint8), [1])
+        with pytest.raises(ProfileError, match=r"a 50x20-pixel image is outside"):
+            labeler.predict_classes(np.zeros((20, 50, 3), np.uint8), 0.5)
+        # sidecars without image sides (older builds): the engines refuse tensor shapes
+        old = FakeEngine(())
+        assert _size_checked(opened.labeler, [old, *engines], tmp_path) is opened.labeler
