@@ -450,6 +450,16 @@ def _finish(stats: dict, what: str) -> None:
     help="torch: auto, cpu, cuda, cuda:N; onnxruntime: auto (best provider), cpu, cuda or "
     "cuda:N (the CUDA provider on GPU N).",
 )
+@click.option(
+    "--class-threshold",
+    type=click.FloatRange(0, 1, min_open=True),
+    help="--predict-classes: one score threshold for every class (default: the bundle's "
+    "calibrated per-class thresholds, else label.class_threshold).",
+)
+@click.option("--overlay", is_flag=True, help="Also write OUT/overlays/<id>.jpg to look at.")
+@click.option("--overwrite", is_flag=True, help="Relabel images whose label map exists.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar or provider line.")
+@click.option("-v", "--verbose", is_flag=True, help="A line per image (classes, seconds).")
 @fail_fast_option
 @config_options
 @friendly
@@ -471,6 +481,11 @@ def label_cmd(
     precision,
     shard,
     device,
+    class_threshold,
+    overlay,
+    overwrite,
+    quiet,
+    verbose,
     fail_fast,
     config_path,
     sets,
@@ -485,6 +500,10 @@ def label_cmd(
     --backend onnxruntime  --model BUNDLE (scales, α, β, t, radius, pairs from its meta.json)
     --backend tensorrt     --model BUNDLE after `psa build-engine BUNDLE` on this machine
     The bundle backends never import torch.
+
+    Writes OUT/<id>.png and OUT/labels.jsonl (a record per image: classes by name with their
+    scores, pixel shares, size, backend, seconds). stdout gets one JSON summary; progress and
+    messages go to stderr, so `psa label … | jq` works.
     """
     from psa_infer.datasets import resolve_source
     from psa_infer.pipeline import label_items
@@ -523,8 +542,9 @@ def label_cmd(
         opened = open_bundle(bundle, backend, providers, walk, precision=precision, device_id=gpu)
         labeler, meta = opened.labeler, opened.meta
         used = sorted(set(opened.providers.values()))
-        graphs = "" if precision == "fp32" else f"; {precision} graphs"
-        click.echo(f"{backend}: {', '.join(used)}; walk: {opened.walk}{graphs}")
+        if not quiet:
+            graphs = "" if precision == "fp32" else f"; {precision} graphs"
+            click.echo(f"{backend}: {', '.join(used)}; walk: {opened.walk}{graphs}", err=True)
     try:
         if backend != "torch" and pairs and pairs != meta["pairs"]:
             raise click.UsageError(
@@ -539,21 +559,43 @@ def label_cmd(
             [c for c in (classes_opt or "").split(",") if c.strip()],
             predict_classes,
         )
+        thresholds = _class_thresholds(class_threshold, meta, cfg.label.class_threshold)
         stats = label_items(
             labeler,
             items,
             out,
             crf=cfg.label.crf,
-            class_threshold=cfg.label.class_threshold,
+            class_threshold=thresholds,
             cam_dir=cam_dir,
             num_classes=len(meta["classes"]) - 1,
             shard=shard_i_n,
             fail_fast=fail_fast,
+            class_names=meta["classes"],
+            info={"backend": backend, "walk": "numpy" if backend == "torch" else opened.walk},
+            overwrite=overwrite,
+            overlay=overlay,
+            progress=not quiet,
+            verbose=verbose,
         )
     finally:
         if backend != "torch":
             opened.close()  # device memory and sessions, before the interpreter tears down
+    if stats["skipped"] and not quiet:
+        click.echo(
+            f"skipped {stats['skipped']} images labeled before (--overwrite relabels them)",
+            err=True,
+        )
     _finish(stats, "to label")
+
+
+def _class_thresholds(option: float | None, meta: dict, config_value: float):
+    """--class-threshold, else the bundle's calibrated per-class thresholds, else the config."""
+    if option is not None:
+        return option
+    calibrated = meta.get("class_thresholds")
+    if isinstance(calibrated, dict):
+        return [float(calibrated[name]) for name in meta["classes"][1:]]
+    return config_value
 
 
 def _ort_providers(device: str) -> tuple[str | list[str], int | None]:
@@ -781,6 +823,37 @@ def _int_list(ctx, param, value: str | None) -> tuple[int, ...] | None:
         raise click.BadParameter(f"expected comma-separated integers, got {value!r}") from None
 
 
+@main.command("calibrate")
+@click.argument("bundle", type=click.Path(exists=True, file_okay=False))
+@click.argument("data", type=click.Path(exists=True))
+@click.option(
+    "--split",
+    default="train",
+    show_default=True,
+    help="Images with image-level labels to calibrate on (not the ones you report on).",
+)
+@click.option("--labels", type=click.Path(exists=True, dir_okay=False))
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@friendly
+def calibrate_cmd(bundle, data, split, labels, quiet):
+    """Per-class thresholds for --predict-classes, from DATA's image-level labels.
+
+    For each class, the score threshold with the best F1 of "class present" on DATA's
+    images (a data set split, or a folder with a labels file) is written into BUNDLE's
+    meta.json; `psa label --predict-classes` and the Python API use them unless
+    --class-threshold is given. Torch-free. Prints the thresholds and F1 as JSON.
+    """
+    from psa_infer.bundle import open_bundle
+    from psa_infer.datasets import resolve_source
+    from psa_infer.thresholds import calibrate, write_thresholds
+
+    with open_bundle(bundle, "onnxruntime", ["CPUExecutionProvider"]) as opened:
+        samples = resolve_source(data, opened.classes, split, labels)
+        report = calibrate(opened.labeler, samples, opened.classes, progress=not quiet)
+    write_thresholds(bundle, report, f"{Path(data).resolve().name} split '{split}'")
+    click.echo(json.dumps(report))
+
+
 @main.command("bench")
 @click.option(
     "--out",
@@ -986,10 +1059,10 @@ def show_cmd(labels_dir, images, cam_dir, truth_dir, bundle, split, num, ids, he
         limit=num,
     )
     save_picture(out, show_grid(shown, height))
-    note = f"; {shown.not_in_source} label maps of other images left out" * bool(
-        shown.not_in_source
-    )
-    click.echo(f"wrote {out} ({len(shown.rows)} images{note})")
+    k = shown.not_in_source
+    note = f"; {k} label map{'s' * (k != 1)} of images not in --images left out" * bool(k)
+    n = len(shown.rows)
+    click.echo(f"wrote {out} ({n} image{'s' * (n != 1)}{note})")
 
 
 if __name__ == "__main__":

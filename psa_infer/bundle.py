@@ -48,8 +48,9 @@ from psa_infer.backends import (
     walk_from,
 )
 from psa_infer.errors import PsaError
-from psa_infer.pipeline import STRIDE, Labeler, WalkParams
+from psa_infer.pipeline import STRIDE, Labeler, LabelResult, WalkParams, label_image
 from psa_infer.profiles import DEFAULT_SIDES, check_image_size, engine_profiles, profile_strings
+from psa_infer.thresholds import check_thresholds
 
 SCHEMA_VERSION = 1
 META = "meta.json"
@@ -214,6 +215,10 @@ def load_meta(bundle_dir: str | os.PathLike, check_files: bool = True) -> dict:
             raise BundleError(f"{path}: '{key}': expected {expected}, got {meta[key]!r}")
     if meta["classes"][0] != "background":
         raise BundleError(f"{path}: 'classes': expected 'background' first, got {meta['classes']}")
+    try:
+        check_thresholds(str(path), meta)  # optional: written by `psa calibrate`
+    except PsaError as e:
+        raise BundleError(str(e)) from None
     for name in MODELS:
         if name not in meta["models"]:
             raise BundleError(f"{path}: missing 'models.{name}'")
@@ -529,11 +534,32 @@ class Bundle:
     labeler: Labeler
     walk: str
     backends: dict[str, Backend] = field(default_factory=dict)
+    backend: str = "onnxruntime"
 
     @property
     def providers(self) -> dict[str, str]:
         """Model name → ONNX Runtime execution provider, or "TensorRT"."""
         return {k: getattr(b, "provider", "TensorRT") for k, b in self.backends.items()}
+
+    @property
+    def classes(self) -> list[str]:
+        """Class names, background first (a label map's id i is ``classes[i]``)."""
+        return list(self.meta["classes"])
+
+    def label(self, image, classes=None, threshold=None, crf: bool = False) -> LabelResult:
+        """Label one image (a path, a PIL image or an (H, W, 3) uint8 array).
+
+        ``classes``: names of the classes it shows; None predicts them, with ``threshold``
+        (default: the bundle's calibrated per-class thresholds, else 0.5). Returns the label
+        map (``.label``, (H, W) uint8 ids into ``classes``) and its record (``.record``, as a
+        line of labels.jsonl).
+        """
+        if threshold is None:
+            calibrated = self.meta.get("class_thresholds")
+            names = self.meta["classes"][1:]
+            threshold = [calibrated[n] for n in names] if isinstance(calibrated, dict) else 0.5
+        info = {"backend": self.backend, "walk": self.walk}
+        return label_image(self.labeler, image, self.classes, classes, threshold, crf, info)
 
     def close(self) -> None:
         for b in self.backends.values():
@@ -615,7 +641,7 @@ def open_bundle(
         for b in opened.values():
             b.close()
         raise
-    return Bundle(root, meta, labeler, walk, opened)
+    return Bundle(root, meta, labeler, walk, opened, backend)
 
 
 def bundle_labeler(

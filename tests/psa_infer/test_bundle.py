@@ -340,10 +340,12 @@ except SystemExit as e:
     assert e.code in (0, None), e.code
 assert "torch" not in sys.modules
 """
-    out = run_without_torch(code).stdout
-    assert "onnxruntime: CPUExecutionProvider; walk: numpy" in out
-    assert json.loads(out.strip().splitlines()[-1])["labeled"] == 3
+    r = run_without_torch(code)
+    assert "onnxruntime: CPUExecutionProvider; walk: numpy" in r.stderr
+    assert json.loads(r.stdout)["labeled"] == 3  # stdout is the JSON summary alone
     assert len(list((tmp_path / "labels").glob("*.png"))) == 3
+    records = (tmp_path / "labels" / "labels.jsonl").read_text().splitlines()
+    assert sorted(json.loads(x)["id"] for x in records) == ["img_003", "img_004", "img_005"]
 
 
 @pytest.mark.parametrize(
