@@ -27,7 +27,7 @@ from PIL import Image, ImageDraw, ImageFont
 from psa_infer.errors import PsaError
 from psa_infer.palette import IGNORE, atomic_path, colorize, voc_colormap
 
-ALPHA = 0.5  # weight of the class colour in a tinted pixel
+ALPHA = 0.6  # weight of the class colour in a tinted pixel
 TEXT = (20, 20, 20)
 PAPER = (255, 255, 255)
 EMPTY = (235, 235, 235)  # a grid cell with nothing to show

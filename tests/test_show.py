@@ -1,4 +1,4 @@
-"""`psa show` through the CLI, on scikit-image's photos and on the
+"""`psa show` and `psa label --overlay` through the CLI, on scikit-image's photos and on the
 synthetic set: what the grid holds, where its images come from, and one-line errors."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from cli import main
 from psa_infer.datasets import load_image, open_dataset
 from psa_infer.palette import load_label_png, save_label_png, voc_colormap
 from psa_infer.show import show_grid, show_rows
-from psa_infer.visualize import EMPTY, GAP, TITLE_HEIGHT, fit_height
+from psa_infer.visualize import EMPTY, GAP, TITLE_HEIGHT, fit_height, paint, render_overlay
 from tests.psa_infer.test_visualize import made_up_label
 
 skimage = pytest.importorskip("skimage")
@@ -107,6 +107,15 @@ def test_show_cam_column_with_empty_cells(photos, tmp_path):
     assert np.all(third == EMPTY, axis=2).mean() < 0.1
 
 
+def test_show_one_image_of_a_labels_folder(photos, tmp_path):
+    images, labels = photos
+    said = ok("show", labels, "-i", images / "camera.png", "-o", tmp_path / "g.png")
+    assert "(1 image; 3 label maps of images not in --images left out)" in said
+    shown = show_rows(labels, images / "camera.png")
+    assert [r.id for r in shown.rows] == ["camera"] and shown.not_in_source == 3
+    assert np.array_equal(shown.rows[0].image, load_image(PHOTOS / "camera.png"))
+
+
 def test_show_synthetic_set_with_truth_and_names(tmp_path):
     data = tmp_path / "data"
     ok("make-synthetic", data, "-n", 6, "--size", 64)
@@ -119,7 +128,7 @@ def test_show_synthetic_set_with_truth_and_names(tmp_path):
         save_label_png(labels / f"{s.id}.png", m)
     out = tmp_path / "grid.png"
     said = ok("show", labels, "--images", data, "--split", "train", "-o", out, "-n", 3)
-    assert "wrote" in said and "(3 images)" in said
+    assert "wrote" in said and "(3 images)" in said  # of the 4 of split train
     shown = show_rows(labels, data, split="train", limit=3)
     assert shown.class_names == ds.classes and shown.has_truth
     assert all(r.truth is not None for r in shown.rows)
@@ -155,6 +164,41 @@ def test_show_model_names(tiny_bundle, tmp_path):
     ok("show", labels, "-i", images, "--model", tiny_bundle.bundle, "-o", tmp_path / "g.png")
     shown = show_rows(labels, images, classes=tiny_bundle.classes)
     assert shown.class_names == tiny_bundle.classes and not shown.has_truth
+
+
+def test_label_overlay_on_a_real_photo(tiny_bundle, tmp_path):
+    """`psa label --overlay` beside the label map: the photo painted, and a legend below."""
+    out = tmp_path / "out"
+    ok(
+        "label",
+        PHOTOS / "chelsea.png",
+        "--classes",
+        "cat,dog",
+        "--backend",
+        "onnxruntime",
+        "--model",
+        tiny_bundle.bundle,
+        "-o",
+        out,
+        "--overlay",
+        "-q",
+    )
+    label = load_label_png(out / "chelsea.png")
+    image = load_image(PHOTOS / "chelsea.png")
+    pic = np.asarray(Image.open(out / "overlays" / "chelsea.jpg").convert("RGB")).astype(int)
+    want = render_overlay(image, label, tiny_bundle.classes)
+    assert pic.shape == want.picture.shape and pic.shape[0] > image.shape[0]
+    assert np.abs(pic - want.picture).mean() < 3  # JPEG of the same picture
+    assert np.abs(pic[:300] - paint(image, label)).mean() < 3
+    present = {tiny_bundle.classes[c] for c in np.unique(label)}
+    assert {e.name for e in want.legend} == present
+    for e in want.legend:  # the legend's text is in the written file
+        x0, y0, x1, y1 = e.text_box
+        assert (pic[y0:y1, x0:x1].min(axis=2) < 100).mean() > 0.05, e.name
+    # `psa show` then finds the image and names through labels.jsonl
+    ok("show", out, "-o", tmp_path / "g.png")
+    shown = show_rows(out)
+    assert [r.id for r in shown.rows] == ["chelsea"] and shown.class_names == tiny_bundle.classes
 
 
 @pytest.mark.parametrize(
