@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -242,7 +243,7 @@ def label_record(
     }
     record = {
         "id": sample.id,
-        "source": str(sample.image) if sample.image is not None else None,
+        "source": str(Path(sample.image).resolve()) if sample.image is not None else None,
         "size": [int(label.shape[0]), int(label.shape[1])],
         "classes": entries,
     }
@@ -388,9 +389,27 @@ def label_items(
     if overlay and names is None:
         raise PsaError("overlays need the class names (class_names)")
 
+    overlays_only: list[str] = []
+
+    def overlay_path(s: Sample) -> Path:
+        return output_path(out_dir / "overlays", s.id, ".jpg")
+
+    def is_done(s: Sample) -> bool:
+        if overwrite or not output_path(out_dir, s.id, ".png").exists():
+            return False
+        return not overlay or overlay_path(s).exists()
+
     def work(s: Sample) -> None:
         t0 = time.perf_counter()
         img = load_image(s.image)
+        done = output_path(out_dir, s.id, ".png")
+        if not overwrite and done.exists():  # labeled before, its overlay asked for now
+            from psa_infer.palette import load_label_png
+            from psa_infer.visualize import save_overlay
+
+            save_overlay(overlay_path(s), img, load_label_png(done), names)
+            overlays_only.append(s.id)
+            return
         classes, scores = s.labels, None
         if classes is None:
             scores = labeler.class_scores(img)
@@ -404,7 +423,7 @@ def label_items(
         if overlay:
             from psa_infer.visualize import save_overlay
 
-            save_overlay(output_path(out_dir / "overlays", s.id, ".jpg"), img, label, names)
+            save_overlay(overlay_path(s), img, label, names)
         extra = {**(info or {}), "crf": crf, "seconds": round(time.perf_counter() - t0, 4)}
         row = label_record(s, label, classes, names, scores, **extra)
         records.add(row)  # before the label map: a map on disk always has its record
@@ -417,7 +436,7 @@ def label_items(
         stats = run_items(
             mine,
             out_dir,
-            lambda s: not overwrite and output_path(out_dir, s.id, ".png").exists(),
+            is_done,
             work,
             desc="label",
             fail_fast=fail_fast,
@@ -427,4 +446,5 @@ def label_items(
     finally:
         records.close()
     stats["records_file"] = str(records.path) if records.rows else None
-    return {"labeled": stats.pop("done"), **stats}
+    labeled = stats.pop("done") - len(overlays_only)
+    return {"labeled": labeled, **stats, "overlays_added": len(overlays_only)}

@@ -182,3 +182,18 @@ def test_api_takes_arrays_and_pil_images_and_names_bad_classes(tiny_bundle):
             model.label(img, classes=["cow"])
         with pytest.raises(PsaError, match=r"image: expected \(H, W, 3\) uint8"):
             model.label(np.zeros((4, 4, 3), np.float32), classes=["dog"])
+
+
+def test_overlay_on_a_rerun_draws_the_existing_labels(tiny_bundle, photos, tmp_path):
+    out = tmp_path / "out"
+    assert label(tiny_bundle, photos, out, "--predict-classes", "-q").exit_code == 0
+    maps = {p.name: p.read_bytes() for p in out.glob("*.png")}
+    r = label(tiny_bundle, photos, out, "--predict-classes", "-q", "--overlay")
+    stats = json.loads(r.stdout)
+    assert (stats["labeled"], stats["skipped"], stats["overlays_added"]) == (0, 0, 3)
+    assert sorted(p.stem for p in (out / "overlays").glob("*.jpg")) == sorted(
+        p.removesuffix(".png") for p in maps
+    )
+    assert {p.name: p.read_bytes() for p in out.glob("*.png")} == maps  # not relabeled
+    r = label(tiny_bundle, photos, out, "--predict-classes", "-q", "--overlay")
+    assert json.loads(r.stdout)["skipped"] == 3
