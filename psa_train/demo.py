@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import click
+import numpy as np
 
 from psa_infer.errors import PsaError
 from psa_train.config import load_config, save_config
@@ -141,6 +142,25 @@ def run_demo(
             export_bundle(
                 ckpt, aff_ckpt, bundle, cfg.label, cfg.make_cam, aff_labels_cfg=cfg.aff_labels
             )
+    with timer.stage("calibrate class thresholds"):
+        # --predict-classes thresholds from the labels of the training images train-cam held
+        # out (the classifier never trained on them; all training images if it held none
+        # out); checked on val.
+        from psa_infer.thresholds import calibrate, class_f1, collect_scores, write_thresholds
+
+        held = out / "cam" / "heldout.txt"
+        use_held = held.exists() and len(held.read_text().split()) >= 8
+        source = str(held) if use_held else cfg.train_cam.train_split
+        with open_bundle(bundle) as opened:
+            report = calibrate(opened.labeler, ds.split(source), ds.classes, progress=False)
+            scores, truth = collect_scores(opened.labeler, items, ds.num_classes, False)
+        what = "train-cam's held-out training images" if use_held else f"split '{source}'"
+        write_thresholds(bundle, report, f"demo data: {what}")
+        calibrated = [report["thresholds"][c] for c in ds.classes[1:]]
+        predict_f1 = {
+            "0.5": float(np.nanmean(class_f1(scores, truth, 0.5)) * 100),
+            "calibrated": float(np.nanmean(class_f1(scores, truth, np.array(calibrated))) * 100),
+        }
     with timer.stage("label (onnxruntime, torch-free)"):
         # The deployable path end to end: CAMs from cam.onnx, features from aff.onnx.
         with open_bundle(bundle) as opened:
@@ -177,6 +197,7 @@ def run_demo(
         "ort_agreement": round(agreement, 3),
         "ort_seconds_per_image": round(ort_stats["seconds_per_image"], 3),
         "cam_miou_best": round(best["miou"], 2),
+        "predict_f1_val": {k: round(v, 2) for k, v in predict_f1.items()},
         "cam_best_bg_threshold": best["bg_threshold"],
         "num_images": n,
         "seconds": round(timer.total, 1),
