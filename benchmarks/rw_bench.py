@@ -108,7 +108,7 @@ def _onnx_walk():
 
     from export.rw_graph import build_rw_model
 
-    model = build_rw_model(RADIUS, BETA, STEPS, "full")
+    model = build_rw_model(radius=RADIUS, beta=BETA, steps=STEPS, pairs="full")
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = cpus()
     sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])

@@ -114,7 +114,7 @@ def export_bundle(
                 f"{cam_meta[key]}; one bundle normalises images one way"
             )
     aff_labels_cfg = aff_labels_cfg or AffLabelsConfig()
-    steps = 2**label_cfg.logt
+    walk = label_cfg.walk()
     # A sibling of the target, so that the final rename stays on one file system.
     stage = out.resolve().with_name(f".{out.resolve().name}.tmp{os.getpid()}")
     shutil.rmtree(stage, ignore_errors=True)
@@ -124,14 +124,7 @@ def export_bundle(
             "cam": export_cam(cam_net, stage / MODELS["cam"][0], opset, exporter),
             "aff": export_aff(aff_net, stage / MODELS["aff"][0], opset, exporter),
         }
-        rw_path = save_rw_model(
-            stage / MODELS["rw"][0],
-            radius=label_cfg.radius,
-            beta=label_cfg.beta,
-            steps=steps,
-            pairs=label_cfg.pairs,
-            opset=opset,
-        )
+        rw_path = save_rw_model(stage / MODELS["rw"][0], **walk.to_meta(), opset=opset)
         models["rw"] = read_onnx(rw_path)
         meta = {
             "schema_version": SCHEMA_VERSION,
@@ -142,12 +135,9 @@ def export_bundle(
             "std": [float(v) for v in aff_meta["std"]],
             "color_order": "RGB",
             "stride": STRIDE,
-            "radius": label_cfg.radius,
-            "beta": float(label_cfg.beta),
-            "steps": steps,
-            "pairs": label_cfg.pairs,
+            **walk.to_meta(),
             "alpha": {
-                "label": float(label_cfg.alpha),
+                "label": float(walk.alpha),
                 "low": float(aff_labels_cfg.low_alpha),
                 "high": float(aff_labels_cfg.high_alpha),
             },

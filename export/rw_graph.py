@@ -211,11 +211,7 @@ def _check_args(radius: int, beta: float, steps: int, pairs: str, opset: int) ->
 
 
 def build_rw_model(
-    radius: int = 5,
-    beta: float = 8.0,
-    steps: int = 256,
-    pairs: str = "full",
-    opset: int = 17,
+    *, radius: int, beta: float, steps: int, pairs: str, opset: int = 17
 ) -> onnx.ModelProto:
     """The random walk as an ONNX model (checked, shapes inferred).
 
@@ -223,7 +219,8 @@ def build_rw_model(
     included — and ``features`` (D, h, w) float32 — affinity features; output ``walked``
     (C, h, w) float32. C, D, h, w are dynamic. ``radius``, ``beta``, ``steps`` and ``pairs``
     ("full": every in-grid pair; "psa": the reference's pair set, SPEC §3.1) are baked in, as
-    for ``psa_infer.randomwalk``. ``opset`` >= 13; TensorRT 8.5 reads up to 17.
+    for ``psa_infer.randomwalk`` (no defaults: ``psa_infer.pipeline.WalkParams`` holds them).
+    ``opset`` >= 13; TensorRT 8.5 reads up to 17.
     """
     _check_args(radius, beta, steps, pairs, opset)
     consts: list[onnx.TensorProto] = []

@@ -394,13 +394,7 @@ def _check_rw_props(path: Path, model, meta: dict) -> None:
 
 def walk_params(meta: dict) -> WalkParams:
     """The random-walk settings that a bundle was exported with."""
-    return WalkParams(
-        alpha=float(meta["alpha"]["label"]),
-        beta=float(meta["beta"]),
-        steps=int(meta["steps"]),
-        radius=int(meta["radius"]),
-        pairs=meta["pairs"],
-    )
+    return WalkParams.from_meta(meta)
 
 
 # ---------------------------------------------------------------------------- opening

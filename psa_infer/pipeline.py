@@ -36,13 +36,39 @@ STAGES = ("normalize", "cam", "features", "walk", "upsample", "crf", "argmax")
 
 @dataclass(frozen=True)
 class WalkParams:
-    """Random-walk settings (SPEC §5 defaults)."""
+    """The random walk's settings, in one place: the config's ``label`` section
+    (``LabelConfig.walk()``), meta.json (``to_meta``/``from_meta``) and the runtime read them
+    from here. ``REFERENCE_WALK`` holds the defaults (SPEC §5)."""
 
-    alpha: float = 16.0
-    beta: float = 8.0
-    steps: int = 256
-    radius: int = 5
-    pairs: str = "full"
+    alpha: float  # background power of the scores that start the walk
+    beta: float  # power on the affinities
+    steps: int  # t = 2 ** logt
+    radius: int  # pair radius on the stride-8 grid
+    pairs: str  # "full" (every in-bounds pair) or "psa" (the reference's set)
+
+    def to_meta(self) -> dict:
+        """The bundle's meta.json keys for these settings (alpha goes under alpha.label)."""
+        return {
+            "radius": int(self.radius),
+            "beta": float(self.beta),
+            "steps": int(self.steps),
+            "pairs": self.pairs,
+        }
+
+    @classmethod
+    def from_meta(cls, meta: dict) -> WalkParams:
+        """The settings a bundle was exported with (its meta.json)."""
+        return cls(
+            alpha=float(meta["alpha"]["label"]),
+            beta=float(meta["beta"]),
+            steps=int(meta["steps"]),
+            radius=int(meta["radius"]),
+            pairs=meta["pairs"],
+        )
+
+
+# The reference's walk (SPEC §5): α 16, β 8, t = 2**8, radius 5; every pair of the disk.
+REFERENCE_WALK = WalkParams(alpha=16.0, beta=8.0, steps=256, radius=5, pairs="full")
 
 
 def walk_scores(
@@ -132,7 +158,7 @@ class Labeler:
     std: Sequence[float]
     scales: Sequence[float] = (1.0, 0.5, 1.5, 2.0)
     flip: bool = True
-    walk_params: WalkParams = WalkParams()
+    walk_params: WalkParams = REFERENCE_WALK
     classify: Callable[[np.ndarray], np.ndarray] | None = None  # (B,3,h,w) -> (B, C) logits
     walk: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None
     tile: int | None = TILE

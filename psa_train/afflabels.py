@@ -71,7 +71,7 @@ def _pair_labels(lf: np.ndarray, lt: np.ndarray) -> tuple[np.ndarray, np.ndarray
 
 
 def pair_labels(
-    label: np.ndarray, radius: int = 5, pairs: str = "psa"
+    label: np.ndarray, radius: int, pairs: str
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Affinity labels ``(bg_pos, fg_pos, neg)`` of the pairs within ``radius``, float32 0/1.
 

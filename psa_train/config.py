@@ -25,6 +25,7 @@ import yaml
 
 from psa_infer.cam import STRIDE  # the networks' output stride: CAMs and features at 1/8
 from psa_infer.errors import PsaError
+from psa_infer.pipeline import REFERENCE_WALK, WalkParams
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -354,7 +355,7 @@ class TrainAffConfig(_Stage):
     crop: int = 448
     hflip: bool = True
     color_jitter: tuple[float, float, float, float] = (0.3, 0.3, 0.3, 0.1)
-    radius: int = 5
+    radius: int = REFERENCE_WALK.radius  # AffinityNet learns the pairs the walk will use
     pairs: str = "psa"  # "psa" = the reference's pair set (SPEC §3.1); "full" = every pair
     # Train only the affinity head on a frozen backbone (as IRN trains its boundary branch);
     # the reference fine-tunes the whole backbone (false).
@@ -396,15 +397,19 @@ class TrainAffConfig(_Stage):
 class LabelConfig(_Stage):
     """Random-walk pseudo labels (SPEC §5)."""
 
-    alpha: float = 16.0
-    beta: float = 8.0
-    logt: int = 8  # steps = 2 ** logt = 256
-    radius: int = 5
-    pairs: str = "full"  # "psa" reproduces the reference's border quirk bit for bit
+    alpha: float = REFERENCE_WALK.alpha
+    beta: float = REFERENCE_WALK.beta
+    logt: int = REFERENCE_WALK.steps.bit_length() - 1  # steps = 2 ** logt = 256
+    radius: int = REFERENCE_WALK.radius
+    pairs: str = REFERENCE_WALK.pairs  # "psa" reproduces the reference's border quirk bit for bit
     crf: bool = False
     split: str = "train"
     class_threshold: float = 0.5  # for --predict-classes: sigmoid(logit) above this
     device: str = "auto"
+
+    def walk(self) -> WalkParams:
+        """These settings as the runtime takes them (``2 ** logt`` steps)."""
+        return WalkParams(self.alpha, self.beta, 2**self.logt, self.radius, self.pairs)
 
     section: ClassVar[str] = "label"
     ranges: ClassVar[dict[str, Check]] = {

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from psa_infer.errors import PsaError
-from psa_infer.pipeline import Labeler, WalkParams
+from psa_infer.pipeline import Labeler
 from psa_train.common import resolve_device, set_threads
 from psa_train.config import LabelConfig, MakeCamConfig
 
@@ -45,13 +45,6 @@ def torch_labeler(
     def classify(batch: np.ndarray) -> np.ndarray:
         return cam_model(torch.from_numpy(batch).to(device)).float().cpu().numpy()
 
-    params = WalkParams(
-        alpha=label_cfg.alpha,
-        beta=label_cfg.beta,
-        steps=2**label_cfg.logt,
-        radius=label_cfg.radius,
-        pairs=label_cfg.pairs,
-    )
     labeler = Labeler(
         cam_forward,
         aff_forward,
@@ -59,7 +52,7 @@ def torch_labeler(
         aff_meta["std"],
         cam_cfg.scales,
         cam_cfg.flip,
-        params,
+        label_cfg.walk(),
         classify,
     )
     return labeler, cam_meta

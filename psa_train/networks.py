@@ -95,7 +95,7 @@ def _affinity(a: Tensor, b: Tensor) -> Tensor:
     return torch.exp(-(a - b).abs().mean(dim=1))
 
 
-def pair_affinity_torch(features: Tensor, radius: int = 5, pairs: str = "psa") -> Tensor:
+def pair_affinity_torch(features: Tensor, radius: int, pairs: str) -> Tensor:
     """Affinities ``exp(-mean_c |f_c(i) - f_c(j)|)`` of the pairs (i, i + d_k), d_k in
     ``pair_offsets(radius)`` (K offsets, the reference's half disk), by shifted slices.
 

@@ -254,7 +254,7 @@ def test_parse_profile_rejects(spec):
 
 
 def test_onnx_io_specs_keep_dimension_names():
-    inputs, outputs = onnx_io_specs(build_rw_model(radius=2, steps=1))
+    inputs, outputs = onnx_io_specs(build_rw_model(radius=2, beta=8.0, steps=1, pairs="full"))
     assert inputs == [
         {"name": "scores", "dtype": "float32", "shape": ["C", "h", "w"]},
         {"name": "features", "dtype": "float32", "shape": ["D", "h", "w"]},

@@ -10,7 +10,10 @@ import onnx
 import pytest
 
 from export.rw_graph import build_rw_model, save_rw_model
+from psa_infer.pipeline import REFERENCE_WALK
 from psa_infer.randomwalk import pair_affinity, random_walk
+
+REF = REFERENCE_WALK.to_meta()  # radius, beta, steps, pairs of the reference
 
 ort = pytest.importorskip("onnxruntime")
 GOLDEN = Path(__file__).resolve().parents[1] / "golden"
@@ -84,7 +87,7 @@ def test_absent_classes_stay_exactly_zero():
 
 
 def test_graph_is_checked_dynamic_and_parser_friendly():
-    model = build_rw_model()
+    model = build_rw_model(**REF)
     onnx.checker.check_model(model, full_check=True)
     dims = {
         v.name: [d.dim_param for d in v.type.tensor_type.shape.dim]
@@ -116,12 +119,12 @@ def test_other_opsets_and_radius_1():
     scores, features = random_inputs(2, 7, 8)
     expected = random_walk(scores, pair_affinity(features, 3), beta=8.0, steps=5, radius=3)
     for opset in (13, 18):  # ReduceMean takes its axes as an input from opset 18
-        model = build_rw_model(radius=3, steps=5, opset=opset)
+        model = build_rw_model(**{**REF, "radius": 3, "steps": 5}, opset=opset)
         sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
         got = sess.run(None, {"scores": scores, "features": features})[0]
         np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5)
     # radius 1 has no pairs: T is the identity, as in the numpy walk
-    model = build_rw_model(radius=1)
+    model = build_rw_model(**{**REF, "radius": 1})
     sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     np.testing.assert_array_equal(
         sess.run(None, {"scores": scores, "features": features})[0], scores
@@ -129,7 +132,7 @@ def test_other_opsets_and_radius_1():
 
 
 def test_save_writes_a_loadable_model(tmp_path):
-    path = save_rw_model(tmp_path / "bundle" / "rw.onnx", radius=3, steps=4, pairs="psa")
+    path = save_rw_model(tmp_path / "bundle" / "rw.onnx", radius=3, beta=8.0, steps=4, pairs="psa")
     model = onnx.load(path)
     props = {p.key: p.value for p in model.metadata_props}
     assert props == {"radius": "3", "beta": "8.0", "steps": "4", "pairs": "psa"}
@@ -150,4 +153,4 @@ def test_save_writes_a_loadable_model(tmp_path):
 )
 def test_bad_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):
-        build_rw_model(**kwargs)
+        build_rw_model(**{**REF, **kwargs})

@@ -14,6 +14,7 @@ from export.trt_ops import (
     supported_ops,
     unsupported_nodes,
 )
+from psa_infer.pipeline import REFERENCE_WALK
 
 
 def tiny_model(nodes, inputs, outputs, name="main"):
@@ -59,7 +60,7 @@ def test_malformed_list_is_an_error(line):
 
 @pytest.mark.parametrize("pairs", ["full", "psa"])
 def test_rw_graph_is_parseable_by_tensorrt(pairs):
-    model = build_rw_model(pairs=pairs)
+    model = build_rw_model(**{**REFERENCE_WALK.to_meta(), "pairs": pairs})
     assert len(model.graph.node) > 10  # the walk below is really looked at
     assert unsupported_nodes(model) == []
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +29,7 @@ from psa_infer.backends import (
     sidecar_path,
     walk_from,
 )
-from psa_infer.pipeline import WalkParams, walk_scores
+from psa_infer.pipeline import REFERENCE_WALK, walk_scores
 from psa_infer.randomwalk import pair_affinity, random_walk
 
 pytest.importorskip("onnxruntime")
@@ -73,7 +74,9 @@ def add_backend():
 def rw_path(tmp_path_factory):
     from export.rw_graph import save_rw_model
 
-    return save_rw_model(tmp_path_factory.mktemp("bundle") / "rw.onnx", radius=3, steps=20)
+    return save_rw_model(
+        tmp_path_factory.mktemp("bundle") / "rw.onnx", radius=3, beta=8.0, steps=20, pairs="full"
+    )
 
 
 # ---------------------------------------------------------------------------- ONNX Runtime
@@ -137,7 +140,7 @@ def test_rw_backend_checks_and_walks(rw_path):
     # ... and as the pipeline's walk (pooled scores + features → upsampled walked scores)
     cams = rng.random((2, 60, 85)).astype(np.float32)
     feats = (0.3 * rng.standard_normal((5, 8, 11))).astype(np.float32)
-    params = WalkParams(steps=20, radius=3)
+    params = replace(REFERENCE_WALK, steps=20, radius=3)
     np.testing.assert_allclose(
         walk_scores(cams, feats, params, walk=walk_from(backend)),
         walk_scores(cams, feats, params),

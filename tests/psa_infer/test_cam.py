@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -18,7 +19,7 @@ from psa_infer.cam import (
     tile_windows,
 )
 from psa_infer.ops import resize_bilinear
-from psa_infer.pipeline import STAGES, Labeler, WalkParams
+from psa_infer.pipeline import REFERENCE_WALK, STAGES, Labeler
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -142,7 +143,7 @@ def test_multiscale_cam_flips_back_at_stride_8_like_the_reference(size):
 
 
 def labeler(**kw) -> Labeler:
-    params = WalkParams(steps=8)
+    params = replace(REFERENCE_WALK, steps=8)
     return Labeler(local_net(6, 1), local_net(8, 2), MEAN, STD, walk_params=params, **kw)
 
 

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
 from psa_infer.cam import STRIDE, TILE, TILE_MARGIN, tile_windows
-from psa_infer.pipeline import Labeler, WalkParams
+from psa_infer.pipeline import REFERENCE_WALK, Labeler
 from psa_infer.profiles import (
     DEFAULT_SIDES,
     ProfileError,
@@ -73,7 +74,7 @@ def test_every_input_the_labeler_feeds_is_inside_the_profiles(sides):
     rec = Recorder(classes=2)
     labeler = Labeler(
         rec.cam, rec.aff, (0.5,) * 3, (0.25,) * 3, meta["scales"], True,
-        WalkParams(steps=1), rec.classify, rec.walk,
+        replace(REFERENCE_WALK, steps=1), rec.classify, rec.walk,
     )  # fmt: skip
     rng = np.random.default_rng(0)
     lo, _, hi = sides

@@ -87,7 +87,9 @@ def test_psa_pair_labels_match_reference_extractor(size):
 
 def test_psa_pair_labels_of_reference_pipeline():
     g = np.load(GOLDEN / "psa_aff_label_pipeline.npz")
-    for got, name in zip(pair_labels(g["label_map"]), ("bg_pos", "fg_pos", "neg"), strict=True):
+    for got, name in zip(
+        pair_labels(g["label_map"], 5, "psa"), ("bg_pos", "fg_pos", "neg"), strict=True
+    ):
         np.testing.assert_array_equal(got, g[name])
 
 
@@ -103,23 +105,23 @@ def test_full_layout_matches_pair_affinity_layout():
     # Labels exist exactly where pair_affinity has a pair (labels are all zero elsewhere), and
     # the PSA layout is the full layout read at the PSA first pixels.
     label = random_label(11, 14, seed=3)
-    full = np.stack(pair_labels(label, pairs="full"))
+    full = np.stack(pair_labels(label, 5, "full"))
     features = np.random.default_rng(0).random((4, 11, 14)).astype(np.float32)
     exists = pair_affinity(features, pairs="full") > 0
     assert not full[:, ~exists].any()
     assert full.sum(axis=0).max() == 1  # a pair is at most one of bg_pos, fg_pos, neg
 
-    psa = np.stack(pair_labels(label, pairs="psa"))
+    psa = np.stack(pair_labels(label, 5, "psa"))
     np.testing.assert_array_equal(psa, full[:, :, 0:7, 4:10].reshape(3, 34, -1))
 
 
 def test_psa_pair_labels_of_a_too_small_map_are_empty():
-    for got in pair_labels(np.zeros((5, 8), np.uint8)):
+    for got in pair_labels(np.zeros((5, 8), np.uint8), 5, "psa"):
         assert got.shape == (34, 0) and got.dtype == np.float32
 
 
 def test_pair_labels_errors():
     with pytest.raises(ValueError, match=r"label: expected \(h, w\) uint8, got \(4, 4\) int64"):
-        pair_labels(np.zeros((4, 4), np.int64))
+        pair_labels(np.zeros((4, 4), np.int64), 5, "psa")
     with pytest.raises(ValueError, match=r"pairs: expected 'psa' or 'full', got 'dense'"):
-        pair_labels(np.zeros((4, 4), np.uint8), pairs="dense")
+        pair_labels(np.zeros((4, 4), np.uint8), 5, "dense")

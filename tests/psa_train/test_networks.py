@@ -145,7 +145,7 @@ def test_pair_affinity_errors():
     with pytest.raises(
         ValueError, match=r"features: expected \(B, D, h, w\), got shape \(2, 6, 9\)"
     ):
-        pair_affinity_torch(torch.zeros(2, 6, 9), 5)
+        pair_affinity_torch(torch.zeros(2, 6, 9), 5, "psa")
     # maps smaller than the disk are fine for "full": the missing pairs are 0
     for h, w in [(2, 3), (1, 1), (6, 1)]:
         f = np.random.default_rng(h * w).normal(size=(1, 2, h, w)).astype(np.float32)
