@@ -92,6 +92,15 @@ def run_bench(
                 raw["labeling"] = lb_raw
                 for t in lb_tables:
                     echo(to_text(t))
+                from benchmarks.precision_bench import run_precision_bench
+
+                echo("precision variants ...")
+                pr_tables, raw["precisions"] = run_precision_bench(
+                    work / "precision", side=label_sides[0], repeats=repeats, bundle=bundle
+                )
+                tables += pr_tables
+                for t in pr_tables:
+                    echo(to_text(t))
             if big_side:
                 echo(f"a {big_side}² image end to end ...")
                 raw["big_image"] = run_big_image(work / "big", side=big_side, bundle=bundle)

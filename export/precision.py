@@ -23,6 +23,7 @@ from __future__ import annotations
 import inspect
 import os
 import tempfile
+import warnings
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -58,10 +59,13 @@ class Int8Recipe:
     convolutions that read the image stay float (the input's 8 bits of colour are already near
     int8's resolution, and the first layer's error reaches every later one); ``float_last``:
     the convolutions that write a graph output (CAM classifier, affinity projection) stay float.
+
+    The default was picked on the demo bundle by final-label agreement with fp32 on 50 held-out
+    training images (calibration: 32 others); README, "Precision variants", has the table.
     """
 
     method: str = "percentile"
-    percentile: float = 99.99
+    percentile: float = 99.999
     float_first: bool = True
     float_last: bool = True
 
@@ -94,7 +98,11 @@ def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
     """The graph computing in float16, its inputs and outputs kept float32 (Cast at the edges)."""
     from onnxconverter_common import float16
 
-    half = float16.convert_float_to_float16(model, keep_io_types=True)
+    with warnings.catch_warnings():
+        # "the float32 number 4.9e-08 will be truncated to 1e-07", per tiny weight: known,
+        # and what the decision rungs of the ladder judge.
+        warnings.simplefilter("ignore", UserWarning)
+        half = float16.convert_float_to_float16(model, keep_io_types=True)
     return _finish(half, model, "fp16")
 
 
