@@ -1,6 +1,6 @@
 """Data-set readers (torch-free): which images exist, their image-level labels, their masks.
 
-Three layouts are read:
+Four layouts are read:
 
 * **VOC** — ``VOCdevkit/VOC2012`` (or its parent, or any folder with the same layout, such as
   the synthetic benchmark): ``JPEGImages/<id>.jpg``, split lists in ``ImageSets/Segmentation``
@@ -11,6 +11,8 @@ Three layouts are read:
 * **folder** — any folder of images plus a labels file, CSV (``image,labels`` with labels
   separated by ``;`` or spaces) or JSON (``{"image": ["cat", "sofa"], ...}`` or
   ``{"classes": [...], "labels": {...}}``).
+* **COCO** — ``annotations/instances_<split>.json`` (COCO 2014/2017, CVAT exports), or any
+  COCO-format json given with ``--labels`` or as the data path: ``psa_infer.coco``.
 * a single image (for ``psa label``), with labels from the command line.
 
 Class ids: 0 is background, 1..K the foreground classes in the order of ``classes[1:]``.
@@ -107,6 +109,9 @@ class DataSet:
     kind: str
     _splits: dict[str, list[Sample]] = field(default_factory=dict, repr=False)
     _loader: object = field(default=None, repr=False)
+    # Sample -> (H, W) uint8 ground truth, for sets without mask files (COCO renders its
+    # annotations); None: the sample's mask PNG.
+    _truth: object = field(default=None, repr=False)
 
     @property
     def num_classes(self) -> int:
@@ -121,6 +126,33 @@ class DataSet:
         if not samples:
             raise DataError(f"{self.root}: split '{name}' is empty")
         return samples
+
+    def has_ground_truth(self, sample: Sample) -> bool:
+        """Whether ``ground_truth(sample)`` has something to read (a mask PNG, annotations)."""
+        return self._truth is not None or sample.mask is not None
+
+    def ground_truth(self, sample: Sample):
+        """The sample's ground truth, (H, W) uint8 class ids in 0..K, 255 = ignore: its mask
+        PNG (VOC), or its annotations rendered (COCO). The one source of ground truth for
+        ``psa eval`` and ``psa show``; a DataError names the file when there is none or an id
+        is out of range."""
+        import numpy as np
+
+        from psa_infer.palette import load_label_png
+
+        if self._truth is not None:
+            return self._truth(sample)  # type: ignore[operator]
+        if sample.mask is None:
+            raise DataError(f"{self.root}: no ground-truth mask for '{sample.id}'")
+        gt = load_label_png(sample.mask)
+        n = len(self.classes)
+        bad = np.unique(gt[(gt >= n) & (gt != 255)])
+        if bad.size:
+            raise DataError(
+                f"{sample.mask}: ground-truth class id {int(bad[0])} outside 0..{n - 1} "
+                "(255 = ignore)"
+            )
+        return gt
 
 
 def class_ids(names: list[str] | tuple[str, ...], classes: tuple[str, ...], where: str) -> tuple:
@@ -143,20 +175,31 @@ def open_dataset(
     labels_file: str | Path | None = None,
     classes: tuple[str, ...] | None = None,
 ) -> DataSet:
-    """Open a data set, detecting its layout (VOC-like or folder + labels file).
+    """Open a data set, detecting its layout (VOC-like, COCO, or folder + labels file).
 
-    ``classes`` (a model's names, background first): a folder's labels file without a class
-    list is read against them (an unknown name is an error naming it) instead of its own
-    sorted names.
+    ``root`` may also be a COCO-format json. ``labels_file`` of a folder: a labels file, or a
+    COCO-format json (told apart by its content). ``classes`` (a model's names, background
+    first): a folder's labels file without a class list is read against them (an unknown name
+    is an error naming it) instead of its own sorted names.
     """
+    from psa_infer import coco
+
     root = Path(root)
     if not root.exists():
         raise DataError(f"{root}: data root does not exist")
     if root.is_file():
+        if root.suffix.lower() == ".json":
+            return coco.open_coco_file(root)
         raise DataError(f"{root}: expected a data-set folder, got a file")
     for cand in (root, root / "VOC2012", root / "VOCdevkit" / "VOC2012"):
         if (cand / "JPEGImages").is_dir():
             return _open_voc(cand, labels_file)
+    if labels_file is not None and Path(labels_file).suffix.lower() == ".json":
+        data = coco.read_json(Path(labels_file)) if Path(labels_file).is_file() else None
+        if coco.looks_like_coco(data):
+            return coco.open_coco_file(Path(labels_file), root, data)
+    elif labels_file is None and (files := coco.annotation_files(root)):
+        return coco.open_coco_root(root, files)
     return _open_folder(root, labels_file, tuple(classes) if classes else None)
 
 
@@ -559,9 +602,13 @@ LABELS_FILES = ("labels.json", "labels.csv", "image_labels.json")
 
 
 def is_labeled_set(folder: Path) -> bool:
-    """A VOC layout or a folder with a labels file (else: a plain folder of images)."""
+    """A VOC layout, a COCO root or a folder with a labels file (else: a plain folder of
+    images)."""
+    from psa_infer.coco import annotation_files
+
     voc = any((folder / d / "JPEGImages").is_dir() for d in (".", "VOC2012", "VOCdevkit/VOC2012"))
-    return voc or any((folder / f).is_file() for f in LABELS_FILES)
+    labeled = voc or any((folder / f).is_file() for f in LABELS_FILES)
+    return labeled or bool(annotation_files(folder))
 
 
 def resolve_source(

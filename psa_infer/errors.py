@@ -32,6 +32,7 @@ EXTRAS = {
     "cuda": "trt",
     "matplotlib": "dev",
     "psutil": "dev",
+    "pycocotools": "coco",
 }
 
 

@@ -16,25 +16,13 @@ from psa_infer.palette import load_label_png
 
 def _with_masks(dataset: DataSet, split: str) -> list[Sample]:
     samples = dataset.split(split)
-    missing = [s.id for s in samples if s.mask is None]
+    missing = [s.id for s in samples if not dataset.has_ground_truth(s)]
     if missing:
         raise DataError(
             f"{dataset.root}: split '{split}' has no ground-truth mask for '{missing[0]}' "
             f"(+{len(missing) - 1} more); evaluation needs SegmentationClass PNGs"
         )
     return samples
-
-
-def _ground_truth(s: Sample, num_labels: int) -> np.ndarray:
-    """The mask of ``s`` as class ids, each in 0..num_labels-1 or 255 (else a DataError)."""
-    gt = load_label_png(s.mask)
-    bad = np.unique(gt[(gt >= num_labels) & (gt != 255)])
-    if bad.size:
-        raise DataError(
-            f"{s.mask}: ground-truth class id {int(bad[0])} outside 0..{num_labels - 1} "
-            "(255 = ignore)"
-        )
-    return gt
 
 
 def evaluate_cams(
@@ -45,7 +33,7 @@ def evaluate_cams(
     n = len(dataset.classes)
     confs = [np.zeros((n, n), np.int64) for _ in thresholds]
     for s in _with_masks(dataset, split):
-        gt = _ground_truth(s, n)
+        gt = dataset.ground_truth(s)
         cam_path = output_path(cam_dir, s.id, ".npz")
         cam, keys = load_cam(cam_path, dataset.num_classes, gt.shape)
         check_keys(cam_path, keys, s.labels)
@@ -63,7 +51,7 @@ def evaluate_labels(dataset: DataSet, label_dir: str | Path, split: str) -> dict
     n = len(dataset.classes)
     conf = np.zeros((n, n), np.int64)
     for s in _with_masks(dataset, split):
-        gt = _ground_truth(s, n)
+        gt = dataset.ground_truth(s)
         path = output_path(label_dir, s.id, ".png")
         if not path.exists():
             raise DataError(f"{path}: no predicted label for '{s.id}'")

@@ -107,24 +107,25 @@ def show_rows(
 
     records = _read_records(labels_dir)
     sources: dict[str, Path] = {}
-    masks: dict[str, Path] = {}
+    truths: dict = {}  # id → (data set, sample): ground truth through DataSet.ground_truth
     subset = False  # the source holds only some of the label maps' images, on purpose
     names = tuple(classes) if classes else None
     where = f"the records of {labels_dir} ({RECORDS})" if records else None
     if images is not None:
         src = Path(images)
         where = str(src)
-        if src.is_file():
+        coco_file = src.is_file() and src.suffix.lower() == ".json"  # a COCO-format export
+        if src.is_file() and not coco_file:
             sources, subset = {src.stem: src}, True
-        elif not src.is_dir():
+        elif not src.is_dir() and not coco_file:
             raise PsaError(f"{src}: no such image, folder or data set")
-        elif is_labeled_set(src):
+        elif coco_file or is_labeled_set(src):
             ds = open_dataset(src, classes=names)
             samples = ds.split(split)
             sources = {s.id: s.image for s in samples}
-            masks = {s.id: s.mask for s in samples if s.mask is not None}
+            truths = {s.id: (ds, s) for s in samples if ds.has_ground_truth(s)}
             names = names or ds.classes
-            if ds.kind == "voc":
+            if ds.kind in ("voc", "coco"):
                 where, subset = f"{src}, split '{split}' (--split)", True
         else:
             sources = list_images(src)
@@ -163,12 +164,16 @@ def show_rows(
         row = ShowRow(i, image, label)
         if cam_dir is not None and (Path(cam_dir) / f"{i}.npz").exists():
             row.cam, _ = load_cam(Path(cam_dir) / f"{i}.npz", size=size)
-        t = Path(truth_dir) / f"{i}.png" if truth_dir is not None else masks.get(i)
+        t = Path(truth_dir) / f"{i}.png" if truth_dir is not None else None
         if t is not None and t.exists():
             row.truth = load_label_png(t)
             _same_size(t, row.truth, sources[i], size)
+        elif t is None and i in truths:
+            ds, s = truths[i]
+            row.truth = ds.ground_truth(s)
+            _same_size(s.mask or f"{ds.root} ('{i}')", row.truth, sources[i], size)
         rows.append(row)
-    has_truth = truth_dir is not None or bool(masks)
+    has_truth = truth_dir is not None or bool(truths)
     return Shown(rows, names, has_truth, len(found) - len(pool) if not ids else 0)
 
 
