@@ -15,7 +15,7 @@ from pathlib import Path
 import click
 
 # The keys of psa_train.backbones.BACKBONES (a test keeps them equal), without importing torch.
-from psa_train.config import BACKBONE_NAMES
+from psa_train.config import BACKBONE_NAMES, DemoConfig
 
 CONFIG_HELP = "Recipe YAML (sections train_cam, make_cam, …); defaults are the reference's."
 SET_HELP = "Override one config value, e.g. --set train_cam.epochs=3 (repeatable)."
@@ -123,18 +123,43 @@ def main():
     show_default=True,
     help="Typical image side; each image's H and W vary around it.",
 )
-@click.option("--num-classes", type=click.IntRange(1, 20), default=6, show_default=True)
+@click.option(
+    "--num-classes", type=click.IntRange(1, 20), help="Default: the style's (6; 12 for many)."
+)
+@click.option(
+    "--style",
+    type=click.Choice(DemoConfig.styles),
+    default="default",
+    show_default=True,
+    help="What the images look like (below).",
+)
 @friendly
-def make_synthetic_cmd(out, num_images, seed, size, num_classes):
+def make_synthetic_cmd(out, num_images, seed, size, num_classes, style):
     """Write a synthetic VOC-layout data set with ground-truth masks to OUT.
 
-    Each class is recognisable only by a small part; most of its body looks like other
-    classes' bodies — the situation AffinityNet exists for.
+    In the default style each class is recognisable only by a small part; most of its body
+    looks like other classes' bodies — the situation AffinityNet exists for. The styles
+    differ as real data sets do:
+
+    \b
+      default   a head of ~12% of the object marks the class; shared body textures; photos
+      parts     the same with a head of ~5% of the object
+      textured  no head: a texture per class over the whole body; larger objects, 1-2 each
+      many      12 classes; small objects, 1-6 per image; plain or blurred backgrounds
+
+    Prints a JSON summary with the set's measured statistics (foreground share, objects
+    and classes per image, part share, object extent), also kept in OUT/psa_dataset.json.
     """
     from psa_train.synthetic import make_synthetic
 
     info = make_synthetic(
-        out, num_images, seed=seed, size=size, num_classes=num_classes, progress=True
+        out,
+        num_images,
+        seed=seed,
+        size=size,
+        num_classes=num_classes,
+        style=style,
+        progress=True,
     )
     click.echo(json.dumps(info, default=str))
 

@@ -449,14 +449,19 @@ class DemoConfig(_Stage):
 
     num_images: int = 400
     size: int = 160
-    num_classes: int = 6
+    style: str = "default"  # psa make-synthetic --style: what the images look like
+    num_classes: int | None = None  # null: the style's (6; 12 for "many")
     bg_sweep: bool = True
 
+    # The keys of psa_train.synthetic.STYLES, kept here so that reading a config draws in no
+    # image code (a test checks that the two agree).
+    styles: ClassVar[tuple[str, ...]] = ("default", "parts", "textured", "many")
     section: ClassVar[str] = "demo"
     ranges: ClassVar[dict[str, Check]] = {
         "num_images": Int(8),  # as psa demo --num-images
         "size": Int(64),  # the generator's smallest image
-        "num_classes": Int(1, 20),  # the generator has 20 class names
+        "style": OneOf(styles),
+        "num_classes": Maybe(Int(1, 20)),  # the generator has 20 class names
         "bg_sweep": BOOL,
     }
 

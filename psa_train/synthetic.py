@@ -1,26 +1,37 @@
 """A synthetic PASCAL-VOC-style benchmark on which AffinityNet has something to gain.
 
-Every object is a smooth blob-shaped *body* with a small *head* attached to it. Only the head
-says which class the object is: a disc covering about 8-15% of the object's area, painted in a
-class-specific saturated colour with a class-specific pattern (eye, rings, stripes, checks,
-spokes, cross, two-tone, dots; with more than eight classes the pattern repeats with another
-hue and a white instead of a dark second colour). The body carries no class information: its
-shape (a randomly deformed, elongated, rotated ellipse), its texture (smooth gradient, stripes,
-spots or mottling) and its muted colours are drawn from one pool shared by all classes, so a
-classifier's CAM fires on the head while the body stays a coherent region whose pixels look
-alike and unlike the background. Backgrounds are random crops, rescales and colour shifts of
-the photographs that ship inside scikit-image (astronaut, brick, camera, chelsea, coffee, ...),
-sometimes blended with, or replaced by, fractal noise. An image holds 1-3 objects of 1-3
-distinct classes (two objects may share a class); later objects occlude earlier ones, and a
-layout is re-sampled until every object shows at least 60% of its head and 55% of its body, and
-its head is 5-25% of its visible pixels. An object's bounding size is 40-85% of the shorter
-image side; image height and width are drawn independently and uniformly from
-[0.85 * size, 1.15 * size], so they are rarely multiples of 8. The ground-truth masks mark
-visible pixels (0 = background, 1..K = class) with a VOC-like 255 "ignore" band two pixels wide
-(one pixel on each side) along every boundary between different labels.
+The set comes in *styles* (``STYLES``) that differ in the ways real data sets differ: what
+marks the class and how big it is, shared or class-specific textures, the number of classes,
+object size and count, and the backgrounds. ``default`` is described first; the others are
+variations of it (see ``Style`` and the table under it). Develop on one, check on the others.
 
-Output is byte-identical for the same (seed, num_images, size, num_classes, val_fraction):
-image i is drawn from `np.random.default_rng([seed, i])`.
+In the ``default`` style every object is a smooth blob-shaped *body* with a small *head*
+attached to it. Only the head says which class the object is: a disc covering about 8-15% of
+the object's area, painted in a class-specific saturated colour with a class-specific pattern
+(eye, rings, stripes, checks, spokes, cross, two-tone, dots; with more than eight classes the
+pattern repeats with another hue and a white instead of a dark second colour). The body carries
+no class information: its shape (a randomly deformed, elongated, rotated ellipse), its texture
+(smooth gradient, stripes, spots or mottling) and its muted colours are drawn from one pool
+shared by all classes, so a classifier's CAM fires on the head while the body stays a coherent
+region whose pixels look alike and unlike the background. Backgrounds are random crops,
+rescales and colour shifts of the photographs that ship inside scikit-image (astronaut, brick,
+camera, chelsea, coffee, ...), sometimes blended with, or replaced by, fractal noise. An image
+holds 1-3 objects of 1-3 distinct classes (two objects may share a class); later objects
+occlude earlier ones, and a layout is re-sampled until every object shows at least 60% of its
+head and 55% of its body, and its head is 5-25% of its visible pixels. An object's bounding
+size is 40-85% of the shorter image side; image height and width are drawn independently and
+uniformly from [0.85 * size, 1.15 * size], so they are rarely multiples of 8. The ground-truth
+masks mark visible pixels (0 = background, 1..K = class) with a VOC-like 255 "ignore" band two
+pixels wide (one pixel on each side) along every boundary between different labels.
+
+The other styles change one or a few of these (``STYLES``): ``parts`` halves the head,
+``textured`` drops it and gives each class its own texture over the whole body (larger objects),
+``many`` has 12 classes, small objects, up to 6 per image and plain or blurred backgrounds.
+Every data set written records its style and its measured ``statistics`` in psa_dataset.json.
+
+Output is byte-identical for the same (style, seed, num_images, size, num_classes,
+val_fraction): image i is drawn from `np.random.default_rng([seed, i])`. The ``default`` style
+draws exactly what the generator drew before styles existed (a test pins it).
 """
 
 from __future__ import annotations
@@ -29,18 +40,21 @@ import io
 import json
 import os
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageFilter
 
 from psa_infer.errors import PsaError
 from psa_infer.palette import atomic_path, save_label_png
 
 GENERATOR = "psa.synthetic"
+# Raised when the images for the same parameters change. Styles left it at 1: the `default`
+# style draws what version 1 drew, and a psa_dataset.json without a style is that style.
 VERSION = 1
 
 # Class k (1-based) has head pattern (k - 1) % 8; the names only need to be memorable.
@@ -89,13 +103,90 @@ PHOTOS = (
 )
 
 SIZE_JITTER = 0.15  # H, W ~ U[(1 - j) * size, (1 + j) * size]
-EXTENT_RANGE = (0.40, 0.85)  # object bounding size / shorter image side (VOC-like fg share)
-HEAD_SHARE_TARGET = (0.09, 0.14)  # head area / object area, before occlusion
 MIN_HEAD_VISIBLE = 0.60
 MIN_BODY_VISIBLE = 0.55
-VISIBLE_HEAD_SHARE = (0.05, 0.25)  # head pixels / visible object pixels, enforced
 MAX_LAYOUT_TRIES = 100
 IGNORE = 255
+
+
+@dataclass(frozen=True)
+class Style:
+    """What a synthetic set looks like. Each field is one way real data sets differ.
+
+    num_classes: the default class count (``make_synthetic(num_classes=None)``).
+    extent: (low, high) object bounding size / shorter image side.
+    class_p: probabilities of 1, 2, ... distinct classes in an image.
+    max_objects: objects per image are uniform in [distinct classes, max_objects].
+    head_share: (low, high) area of the class-marking head / object area, before occlusion;
+        None: no head, the body's texture marks the class (``body`` must be "class").
+    visible_head_share: (low, high) head pixels / visible object pixels, enforced per object.
+    body: "shared" (one texture pool for every class) or "class" (a texture per class).
+    background: "photo" (photo crops, fractal noise, blends) or "plain" (flat colour ramps
+        and photos blurred out of focus, as in product shots or shallow depth of field).
+    """
+
+    name: str
+    num_classes: int = 6
+    extent: tuple[float, float] = (0.40, 0.85)  # VOC-like foreground share
+    class_p: tuple[float, ...] = (0.5, 0.35, 0.15)
+    max_objects: int = 3
+    head_share: tuple[float, float] | None = (0.09, 0.14)
+    visible_head_share: tuple[float, float] = (0.05, 0.25)
+    body: str = "shared"
+    background: str = "photo"
+
+    def __post_init__(self) -> None:
+        if self.body not in ("shared", "class") or self.background not in ("photo", "plain"):
+            raise ValueError(f"style {self.name}: unknown body or background kind")
+        if self.head_share is None and self.body == "shared":
+            raise ValueError(f"style {self.name}: without a head only the body can mark a class")
+        if abs(sum(self.class_p) - 1) > 1e-9 or len(self.class_p) > self.max_objects:
+            raise ValueError(f"style {self.name}: class_p must sum to 1, up to max_objects")
+
+
+# Measured by `statistics` on 400 images of 160 px, seed 0 (tests/psa_train/test_synthetic.py
+# checks each style's ranges on fewer). Part share: visible head / visible object pixels;
+# extent: an object's visible size / the image's shorter side. For the same seed `parts` draws
+# mostly the same scenes as `default`, with smaller heads (a layout that one style rejects the
+# other may keep).
+#
+#   style     classes  foreground  objects/image  classes/image  part share  object extent
+#   default        6     0.297       1.72 (1-3)       1.37         0.119        0.57
+#   parts          6     0.298       1.71 (1-3)       1.37         0.053        0.57
+#   textured       6     0.368       1.52 (1-2)       1.30           -          0.68
+#   many          12     0.114       2.93 (1-6)       1.87         0.120        0.28
+STYLES = {
+    "default": Style(
+        "default",
+    ),
+    # The case the issue calls failing: the class-marking part is half the default's, so the
+    # CAM finds a smaller seed and the walk has more body to fill in.
+    "parts": Style(
+        "parts",
+        head_share=(0.04, 0.06),
+        visible_head_share=(0.025, 0.10),
+    ),
+    # Like animals' coats: the class is everywhere on the object, so the CAM can cover it and
+    # the walk has less to add; the walk must not make it worse.
+    "textured": Style(
+        "textured",
+        extent=(0.55, 0.95),
+        class_p=(0.6, 0.4),
+        max_objects=2,
+        head_share=None,
+        body="class",
+    ),
+    # COCO-like: more classes, small objects, several per image, on plain or blurred
+    # backdrops; the head covers only a few cells of the stride-8 grid.
+    "many": Style(
+        "many",
+        num_classes=12,
+        extent=(0.18, 0.40),
+        class_p=(0.3, 0.3, 0.25, 0.15),
+        max_objects=6,
+        background="plain",
+    ),
+}
 
 _ID = re.compile(r"syn_\d{5,}")
 
@@ -121,19 +212,24 @@ def make_synthetic(
     num_images: int,
     seed: int = 0,
     size: int = 160,
-    num_classes: int = 6,
+    num_classes: int | None = None,
     val_fraction: float = 0.25,
     progress: bool = False,
+    style: str = "default",
 ) -> dict:
     """Write a synthetic data set in the PASCAL VOC layout under `out`.
 
     Writes JPEGImages/<id>.jpg, SegmentationClass/<id>.png (palette PNG),
     ImageSets/Segmentation/{train,val}.txt, psa_dataset.json (class names, generator
-    parameters) and image_labels.json ({id: [class name, ...]}). Ids are syn_00000, ....
+    parameters with the style, the set's `statistics`) and image_labels.json
+    ({id: [class name, ...]}). Ids are syn_00000, .... `num_classes` None: the style's.
     `out` may be missing, empty, or an earlier output of this generator (overwritten; its
-    images beyond `num_images` are removed). Returns a summary: out, num_images, num_train,
-    num_val, classes.
+    images beyond `num_images` are removed). Returns a summary: out, style, num_images,
+    num_train, num_val, classes, statistics.
     """
+    if style not in STYLES:
+        raise PsaError(f"style must be one of {', '.join(STYLES)}, got {style!r}")
+    num_classes = STYLES[style].num_classes if num_classes is None else num_classes
     if isinstance(num_images, bool) or not isinstance(num_images, int) or num_images < 2:
         raise ValueError(f"num_images must be an integer >= 2, got {num_images!r}")
     if size < 64:
@@ -149,6 +245,7 @@ def make_synthetic(
     params = {
         "name": GENERATOR,
         "version": VERSION,
+        "style": style,
         "seed": seed,
         "size": size,
         "num_classes": num_classes,
@@ -173,8 +270,10 @@ def make_synthetic(
 
         items = tqdm(items, total=num_images, desc="make-synthetic", unit="img")
     image_labels = {}
+    measured = []
     for i, name in items:
-        r = render_image(np.random.default_rng([seed, i]), size, num_classes)
+        r = render_image(np.random.default_rng([seed, i]), size, num_classes, style)
+        measured.append(_measure(r))
         buf = io.BytesIO()
         Image.fromarray(r.image).save(buf, format="JPEG", quality=95)
         _write_bytes(img_dir / f"{name}.jpg", buf.getvalue())
@@ -189,35 +288,45 @@ def make_synthetic(
     _write_text(set_dir / "Segmentation" / "train.txt", "".join(f"{n}\n" for n in train))
     _write_text(set_dir / "Segmentation" / "val.txt", "".join(f"{n}\n" for n in val))
     _write_text(out / "image_labels.json", _dumps(image_labels))
+    stats = _summarise(measured)
+    _write_text(out / "psa_dataset.json", _dumps({**meta, "statistics": stats}))
     return {
         "out": str(out),
+        "style": style,
         "num_images": num_images,
         "num_train": len(train),
         "num_val": len(val),
         "classes": classes,
+        "statistics": stats,
     }
 
 
-def render_image(rng: np.random.Generator, size: int = 160, num_classes: int = 6) -> Rendered:
-    """Draw one image: background, 1-3 objects, ground truth (see the module docstring)."""
+def render_image(
+    rng: np.random.Generator,
+    size: int = 160,
+    num_classes: int = 6,
+    style: str | Style = "default",
+) -> Rendered:
+    """Draw one image: background, objects, ground truth (see the module docstring)."""
+    st = STYLES[style] if isinstance(style, str) else style
     lo, hi = round((1 - SIZE_JITTER) * size), round((1 + SIZE_JITTER) * size)
     h, w = (int(v) for v in rng.integers(lo, hi + 1, size=2))
-    canvas = _background(rng, h, w)
+    canvas = _background(rng, h, w) if st.background == "photo" else _plain_background(rng, h, w)
 
     layout = None
     for _ in range(MAX_LAYOUT_TRIES):
-        layout = _sample_layout(rng, h, w, num_classes)
-        if _layout_ok(layout, h, w):
+        layout = _sample_layout(rng, h, w, num_classes, st)
+        if _layout_ok(layout, h, w, st):
             break
     else:
         # Practically unreachable; one object inside the image always passes.
-        layout = _sample_layout(rng, h, w, num_classes, num_objects=1)
+        layout = _sample_layout(rng, h, w, num_classes, st, num_objects=1)
 
     instance = np.zeros((h, w), np.uint8)
     head = np.zeros((h, w), bool)
     for j, obj in enumerate(layout):
         sl, inner = _clip(obj, h, w)
-        col = _paint(rng, obj)
+        col = _paint(rng, obj, st)
         a = np.maximum(obj.body_alpha, obj.head_alpha)[inner][..., None]
         canvas[sl] = canvas[sl] * (1 - a) + col[inner] * a
         inside = obj.body[inner] | obj.head[inner]
@@ -231,6 +340,52 @@ def render_image(rng: np.random.Generator, size: int = 160, num_classes: int = 6
     lut = np.array((0, *classes), np.uint8)
     label = _ignore_band(lut[instance])
     return Rendered(image, label, instance, head, classes)
+
+
+def statistics(rendered: Iterable[Rendered]) -> dict:
+    """What a set of images holds, for comparing styles: means over images of the foreground
+    share (object pixels / pixels), objects and distinct classes per image; over objects, of
+    the part share (visible head pixels / visible object pixels; None without heads) and the
+    visible extent (the larger side of its visible box / the image's shorter side)."""
+    return _summarise([_measure(r) for r in rendered])
+
+
+def _measure(r: Rendered) -> dict:
+    side = min(r.instance.shape)
+    parts, extents = [], []
+    for j in range(len(r.classes)):
+        mine = r.instance == j + 1
+        ys, xs = np.nonzero(mine)
+        extents.append((max(np.ptp(ys), np.ptp(xs)) + 1) / side)
+        parts.append((r.head & mine).sum() / mine.sum())
+    return {
+        "foreground": float((r.instance > 0).mean()),
+        "objects": len(r.classes),
+        "classes": len(set(r.classes)),
+        "parts": parts if r.head.any() else [],
+        "extents": extents,
+    }
+
+
+def _summarise(measured: list[dict]) -> dict:
+    parts = [p for m in measured for p in m["parts"]]
+    objects = [m["objects"] for m in measured]
+
+    def mean(values) -> float:
+        return round(float(np.mean(values)), 4)
+
+    return {
+        "images": len(measured),
+        "foreground_share": mean([m["foreground"] for m in measured]),
+        "objects_per_image": mean(objects),
+        "objects_per_image_range": [min(objects), max(objects)],
+        "classes_per_image": mean([m["classes"] for m in measured]),
+        "part_share": mean(parts) if parts else None,
+        "part_share_range": [round(float(min(parts)), 4), round(float(max(parts)), 4)]
+        if parts
+        else None,
+        "object_extent": mean([e for m in measured for e in m["extents"]]),
+    }
 
 
 # --------------------------------------------------------------------------- backgrounds
@@ -298,6 +453,22 @@ def _noise_background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     return np.where(t < 0.5, c0 + 2 * t * (c1 - c0), c1 + (2 * t - 1) * (c2 - c1))
 
 
+def _plain_background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    """(h, w, 3) float32: a two-colour ramp (a studio backdrop), or a photo crop blurred as
+    if far out of focus."""
+    if rng.random() < 0.5:
+        c0 = _rand_rgb(rng, 0.0, 0.4, 0.3, 0.95)
+        c1 = _rand_rgb(rng, 0.0, 0.4, 0.3, 0.95)
+        ang = rng.uniform(0, 2 * np.pi)
+        y, x = np.mgrid[0:h, 0:w].astype(np.float32)
+        s = x * np.cos(ang) + y * np.sin(ang)
+        t = ((s - s.min()) / max(float(np.ptp(s)), 1e-6))[..., None]
+        return c0 + t * (c1 - c0)
+    photo = np.clip(_photo_background(rng, h, w) + 0.5, 0, 255).astype(np.uint8)
+    blur = ImageFilter.GaussianBlur(rng.uniform(0.03, 0.08) * min(h, w))
+    return np.asarray(Image.fromarray(photo).filter(blur), np.float32)
+
+
 def _value_noise(rng: np.random.Generator, h: int, w: int, cell: float) -> np.ndarray:
     """(h, w) float32 in [0, 1]: a random grid every `cell` pixels, smoothly interpolated."""
     grid = rng.random((int(h / cell) + 3, int(w / cell) + 3), dtype=np.float32)
@@ -336,12 +507,18 @@ class _Object:
 
 
 def _sample_layout(
-    rng: np.random.Generator, h: int, w: int, num_classes: int, num_objects: int | None = None
+    rng: np.random.Generator,
+    h: int,
+    w: int,
+    num_classes: int,
+    style: Style,
+    num_objects: int | None = None,
 ) -> list[_Object]:
-    """1-3 objects of 1-3 distinct classes, each class used at least once, paint order."""
-    k = int(rng.choice([1, 2, 3], p=[0.5, 0.35, 0.15]))
+    """Objects of 1..len(style.class_p) distinct classes, each class used at least once, at
+    most style.max_objects of them, in paint order."""
+    k = int(rng.choice(np.arange(1, len(style.class_p) + 1), p=style.class_p))
     k = min(k, num_classes)
-    n = int(rng.integers(k, 4)) if num_objects is None else num_objects
+    n = int(rng.integers(k, style.max_objects + 1)) if num_objects is None else num_objects
     k = min(k, n)
     chosen = rng.choice(num_classes, size=k, replace=False) + 1
     cls = np.concatenate([chosen, rng.choice(chosen, size=n - k)])
@@ -350,7 +527,7 @@ def _sample_layout(
     objects: list[_Object] = []
     centres: list[tuple[float, float, float]] = []
     for c in cls:
-        extent = rng.uniform(*EXTENT_RANGE) * side
+        extent = rng.uniform(*style.extent) * side
         if centres and rng.random() < 0.5:
             # Next to an earlier object, so that occlusion actually happens.
             py, px, pe = centres[rng.integers(len(centres))]
@@ -362,15 +539,21 @@ def _sample_layout(
         m = 0.4 * extent
         cy, cx = float(np.clip(cy, m, h - m)), float(np.clip(cx, m, w - m))
         centres.append((cy, cx, extent))
-        objects.append(_make_object(rng, int(c), cy, cx, extent))
+        objects.append(_make_object(rng, int(c), cy, cx, extent, style.head_share))
     return objects
 
 
 def _make_object(
-    rng: np.random.Generator, cls: int, cy: float, cx: float, extent: float
+    rng: np.random.Generator,
+    cls: int,
+    cy: float,
+    cx: float,
+    extent: float,
+    head_share: tuple[float, float] | None,
 ) -> _Object:
     """Body outline r(theta) = 1 + sum_k a_k cos(k theta + phi_k) on an elongated, rotated
-    ellipse, and a head disc centred just inside the outline near one end of the long axis."""
+    ellipse, and a head disc centred just inside the outline near one end of the long axis
+    (none when ``head_share`` is None)."""
     ks = np.arange(2, 6)
     amp = rng.uniform(0, 0.22, ks.size) / ks * 2
     phase = rng.uniform(0, 2 * np.pi, ks.size)
@@ -383,7 +566,7 @@ def _make_object(
 
     # Head radius for the wanted head share: body area = pi R^2 e (1 + sum a^2 / 2), and about
     # 40% of the disc sticks out of the body.
-    share = rng.uniform(*HEAD_SHARE_TARGET)
+    share = rng.uniform(*head_share) if head_share else 0.0
     body_area = np.pi * elong * (1 + 0.5 * float((amp**2).sum()))
     head_r = np.sqrt(share * body_area / (1 - 0.4 * share) / np.pi)  # in units of R
     hr = 0.85 * float(outline(np.array(head_theta)))
@@ -413,11 +596,14 @@ def _make_object(
     # (edge - rho_abs) * R is about the distance to the outline in pixels (exact along the
     # short axis); a one-pixel ramp anti-aliases the edge.
     body_alpha = np.clip((edge - rho_abs) * radius + 0.5, 0, 1)
-    hu, hv = (u / radius - head_u) / head_r, (v / radius - head_v) / head_r
-    head_alpha = np.clip((1 - np.hypot(hu, hv)) * head_r * radius + 0.5, 0, 1)
-    # The pattern on the head turns with the head's direction, plus a little jitter.
-    ang = head_theta + rng.uniform(-0.3, 0.3)
-    hu, hv = hu * np.cos(ang) + hv * np.sin(ang), -hu * np.sin(ang) + hv * np.cos(ang)
+    if head_share:
+        hu, hv = (u / radius - head_u) / head_r, (v / radius - head_v) / head_r
+        head_alpha = np.clip((1 - np.hypot(hu, hv)) * head_r * radius + 0.5, 0, 1)
+        # The pattern on the head turns with the head's direction, plus a little jitter.
+        ang = head_theta + rng.uniform(-0.3, 0.3)
+        hu, hv = hu * np.cos(ang) + hv * np.sin(ang), -hu * np.sin(ang) + hv * np.cos(ang)
+    else:  # a zero-radius head: the outline alone sets the extent
+        hu = hv = head_alpha = np.zeros_like(u)
     head = head_alpha > 0.5
     return _Object(
         cls=cls,
@@ -445,7 +631,7 @@ def _clip(obj: _Object, h: int, w: int) -> tuple[tuple[slice, slice], tuple[slic
     return image, box
 
 
-def _layout_ok(layout: list[_Object], h: int, w: int) -> bool:
+def _layout_ok(layout: list[_Object], h: int, w: int, style: Style) -> bool:
     """Every object shows enough head and body, and its head is a small share of what shows."""
     owner = np.zeros((h, w), np.int16)
     for j, obj in enumerate(layout):
@@ -457,12 +643,15 @@ def _layout_ok(layout: list[_Object], h: int, w: int) -> bool:
         # Denominators count the whole box, so parts outside the image count as hidden.
         head_vis = int((mine & obj.head[inner]).sum())
         body_vis = int((mine & obj.body[inner]).sum())
-        if head_vis < MIN_HEAD_VISIBLE * obj.head.sum():
-            return False
         if body_vis < MIN_BODY_VISIBLE * obj.body.sum():
             return False
+        if style.head_share is None:
+            continue
+        if head_vis < MIN_HEAD_VISIBLE * obj.head.sum():
+            return False
         share = head_vis / max(head_vis + body_vis, 1)
-        if not VISIBLE_HEAD_SHARE[0] <= share <= VISIBLE_HEAD_SHARE[1]:
+        lo, hi = style.visible_head_share
+        if not lo <= share <= hi:
             return False
     return True
 
@@ -470,9 +659,9 @@ def _layout_ok(layout: list[_Object], h: int, w: int) -> bool:
 # --------------------------------------------------------------------------- appearance
 
 
-def _paint(rng: np.random.Generator, obj: _Object) -> np.ndarray:
+def _paint(rng: np.random.Generator, obj: _Object, style: Style) -> np.ndarray:
     """(bh, bw, 3) float32 colours of the object box: body texture, head drawn over it."""
-    body = _body_texture(rng, obj)
+    body = _body_texture(rng, obj) if style.body == "shared" else _class_texture(rng, obj)
     # Soft shading (a lit, rounded body) and a darker rim, so that the body reads as one
     # surface with an edge, as real objects do.
     light = rng.uniform(0, 2 * np.pi)
@@ -481,6 +670,8 @@ def _paint(rng: np.random.Generator, obj: _Object) -> np.ndarray:
     facing = (obj.u * lu + obj.v * lv) / norm * np.minimum(obj.rho, 1)
     shade = 1.0 + 0.15 * facing - 0.2 * np.minimum(obj.rho, 1) ** 4
     body = body * shade[..., None]
+    if style.head_share is None:
+        return body
     head = _head_pattern(rng, obj)
     a = obj.head_alpha[..., None]
     return body * (1 - a) + head * a
@@ -505,6 +696,37 @@ def _body_texture(rng: np.random.Generator, obj: _Object) -> np.ndarray:
     else:  # mottled
         t = _value_noise(rng, bh, bw, rng.uniform(7, 14))
     return c1 + t[..., None].astype(np.float32) * (c2 - c1)
+
+
+# Class textures in body coordinates (a, b) in units of the texture's period; > 0 means the
+# second colour. Class k has texture (k - 1) % 6 in the class's hue.
+_TEXTURES = (
+    lambda a, b, n: np.sin(2 * np.pi * a),  # stripes
+    lambda a, b, n: np.sin(2 * np.pi * a) * np.sin(2 * np.pi * b),  # checks
+    lambda a, b, n: np.sin(2 * np.pi * np.hypot(a, b)),  # rings around a point of the body
+    lambda a, b, n: np.sin(2 * np.pi * (a + 0.5 * np.abs(b % 2 - 1))),  # zigzag
+    lambda a, b, n: n - 0.6,  # spots
+    lambda a, b, n: 0.4 - np.minimum(np.abs(a % 1 - 0.5), np.abs(b % 1 - 0.5)) * 4,  # grid
+)
+
+
+def _class_texture(rng: np.random.Generator, obj: _Object) -> np.ndarray:
+    """A class-specific texture in two colours of the class's hue, with per-instance jitter
+    of hue, period, orientation and phase."""
+    k = obj.cls - 1
+    hue = (0.03 + 0.381966 * k) % 1.0 + rng.uniform(-0.03, 0.03)
+    light = _hsv_rgb(hue, rng.uniform(0.3, 0.6), rng.uniform(0.7, 0.9))
+    dark = _hsv_rgb(hue + rng.uniform(-0.05, 0.05), rng.uniform(0.4, 0.8), rng.uniform(0.2, 0.4))
+    period = rng.uniform(6, 11)
+    ang = rng.uniform(0, 2 * np.pi)
+    u, v = obj.u - rng.uniform(-20, 20), obj.v - rng.uniform(-20, 20)
+    a = (u * np.cos(ang) + v * np.sin(ang)) / period
+    b = (-u * np.sin(ang) + v * np.cos(ang)) / period
+    bh, bw = obj.u.shape
+    noise = _value_noise(rng, bh, bw, period / 2)
+    s = _TEXTURES[k % len(_TEXTURES)](a, b, noise)
+    t = np.clip(0.5 + 1.5 * s, 0, 1)[..., None].astype(np.float32)
+    return light + t * (dark - light)
 
 
 # Head patterns in head-frame coordinates (hu, hv), in head radii; > 0 means second colour.

@@ -10,8 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from psa_infer.errors import PsaError
 from psa_infer.palette import load_label_png
-from psa_train.synthetic import CLASS_NAMES, make_synthetic, render_image
+from psa_train.config import DemoConfig
+from psa_train.synthetic import CLASS_NAMES, STYLES, make_synthetic, render_image, statistics
 
 NUM_CLASSES = 4
 
@@ -209,3 +211,112 @@ def test_foreign_output_folder_is_refused(tmp_path: Path) -> None:
         make_synthetic(tmp_path / "f", num_images=2)
     assert (tmp_path / "d" / "notes.txt").read_text() == "mine"
     assert sorted(p.name for p in (tmp_path / "d").iterdir()) == ["notes.txt"]
+
+
+# --------------------------------------------------------------------------- styles
+
+# sha256 over (image, label, instance, head, classes) of render_image(default_rng([5, i])) for
+# i = 0, 1, 2 at 64 px with 3 classes and i = 3, 4, 5 at 160 px with 6, recorded with the
+# generator as it was before styles (commit 4bc0d75; numpy 2.4, x86-64). Arrays, not files:
+# JPEG and PNG bytes also depend on the Pillow and zlib builds.
+DEFAULT_DIGEST = "eb8a80105639aa64ef816c7a736106e7d40ca778b2b99decf07257fcbcd08bc0"
+
+
+def test_default_style_draws_what_the_generator_drew_before_styles() -> None:
+    import hashlib
+
+    h = hashlib.sha256()
+    for i in range(6):
+        size, k = (64, 3) if i < 3 else (160, 6)
+        r = render_image(np.random.default_rng([5, i]), size, k, "default")
+        for a in (r.image, r.label, r.instance, r.head):
+            h.update(np.ascontiguousarray(a).tobytes())
+        h.update(bytes(r.classes))
+    assert h.hexdigest() == DEFAULT_DIGEST
+
+
+def test_style_names_match_the_config() -> None:
+    assert tuple(STYLES) == DemoConfig.styles
+    assert all(name == s.name for name, s in STYLES.items())
+
+
+@pytest.fixture(scope="module")
+def styled() -> dict[str, list]:
+    """40 images of 128 px per style (seed 0), each style with its own class count."""
+    return {
+        name: [
+            render_image(np.random.default_rng([0, i]), 128, st.num_classes, name)
+            for i in range(40)
+        ]
+        for name, st in STYLES.items()
+    }
+
+
+# (foreground share, mean objects per image, mean part share or None, mean object extent):
+# ranges around what 400 images of 160 px give (the table in psa_train/synthetic.py), wide
+# enough for 40 images of 128 px.
+STYLE_RANGES = {
+    "default": ((0.22, 0.38), (1.4, 2.1), (0.10, 0.14), (0.50, 0.66)),
+    "parts": ((0.22, 0.38), (1.4, 2.1), (0.045, 0.065), (0.50, 0.66)),
+    "textured": ((0.30, 0.45), (1.3, 1.8), None, (0.62, 0.75)),
+    "many": ((0.08, 0.16), (2.4, 3.6), (0.10, 0.14), (0.23, 0.33)),
+}
+
+
+@pytest.mark.parametrize("name", list(STYLES))
+def test_each_style_has_its_statistics(styled: dict, name: str) -> None:
+    st = STYLES[name]
+    rendered = styled[name]
+    stats = statistics(rendered)
+    fg, objects, part, extent = STYLE_RANGES[name]
+    assert fg[0] <= stats["foreground_share"] <= fg[1], stats
+    assert objects[0] <= stats["objects_per_image"] <= objects[1], stats
+    assert 1 <= stats["objects_per_image_range"][0]
+    assert stats["objects_per_image_range"][1] <= st.max_objects
+    assert extent[0] <= stats["object_extent"] <= extent[1], stats
+    if part is None:
+        assert stats["part_share"] is None and not any(r.head.any() for r in rendered)
+    else:
+        assert part[0] <= stats["part_share"] <= part[1], stats
+        lo, hi = stats["part_share_range"]
+        assert st.visible_head_share[0] <= lo and hi <= st.visible_head_share[1]
+    # every class of the style's count turns up in 40 images
+    assert {c for r in rendered for c in r.classes} == set(range(1, st.num_classes + 1))
+
+
+def test_textured_bodies_tell_the_class(styled: dict) -> None:
+    colours, classes = [], []
+    for r in styled["textured"]:
+        for j, c in enumerate(r.classes):
+            colours.append(r.image[r.instance == j + 1].mean(0))
+            classes.append(c)
+    # The shared bodies of the default style are near chance here (test above); these carry
+    # their class's hue over the whole object.
+    assert _nearest_centroid_accuracy(np.array(colours), np.array(classes)) > 0.8
+
+
+def _background_detail(rendered: list) -> float:
+    """Mean absolute difference of horizontally adjacent background pixels (grey levels)."""
+    diffs = []
+    for r in rendered:
+        g = r.image.astype(np.float32).mean(-1)
+        bg = (r.label[:, 1:] == 0) & (r.label[:, :-1] == 0)
+        diffs.append(np.abs(np.diff(g, axis=1))[bg].mean())
+    return float(np.mean(diffs))
+
+
+def test_many_has_plain_backgrounds(styled: dict) -> None:
+    # Plain ramps and blurred photos carry less detail than photo crops and fractal noise;
+    # the grain (sigma 2) keeps both above zero.
+    assert _background_detail(styled["many"]) < 0.5 * _background_detail(styled["default"])
+
+
+def test_style_and_statistics_are_recorded(tmp_path: Path) -> None:
+    info = make_synthetic(tmp_path / "d", num_images=4, seed=1, size=64, style="many")
+    meta = json.loads((tmp_path / "d" / "psa_dataset.json").read_text())
+    assert meta["generator"]["style"] == "many" and info["style"] == "many"
+    assert meta["generator"]["num_classes"] == 12 and len(meta["classes"]) == 13
+    assert meta["statistics"] == info["statistics"]
+    assert meta["statistics"]["images"] == 4
+    with pytest.raises(PsaError, match=r"style must be one of default, parts, textured, many"):
+        make_synthetic(tmp_path / "e", num_images=4, style="cartoon")
