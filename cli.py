@@ -108,14 +108,15 @@ def main():
     \b
     Pipeline (each stage reads and writes files):
       make-synthetic → train-cam → make-cam → make-aff-labels → train-aff → label → eval
-    Start with `psa demo --out DIR` to run the whole chain on synthetic data.
+    Start with `psa demo --out DIR` to run the whole chain on synthetic data, and
+    `psa pipeline DATA -o DIR` to run it on your own.
     """
 
 
 @main.command("make-synthetic")
 @click.argument("out", type=click.Path(file_okay=False))
 @click.option("--num-images", "-n", type=click.IntRange(2), default=400, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(0), default=0, show_default=True)
 @click.option(
     "--size",
     type=click.IntRange(64),
@@ -980,23 +981,79 @@ def bench_cmd(
     help="Everything the demo makes goes here.",
 )
 @click.option("--num-images", type=click.IntRange(8), help="Synthetic images (default: recipe).")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(0), help="Generator seed (default: recipe, 0).")
+@click.option(
+    "--style",
+    type=click.Choice(DemoConfig.styles),
+    help="Synthetic style, as psa make-synthetic --style (default: recipe, 'default').",
+)
 @config_options
 @friendly
-def demo_cmd(out, num_images, seed, config_path, sets):
+def demo_cmd(out, num_images, seed, style, config_path, sets):
     """Run the whole chain on fresh synthetic data on this machine and report mIoU.
 
-    make-synthetic → train-cam → make-cam → make-aff-labels → train-aff → label → eval,
-    all under --out; writes overview.png (image | truth | CAM | random walk | + CRF).
-    Then exports the models to --out/bundle and labels the val split again with the
-    torch-free onnxruntime runtime. The last line printed is `RESULT {json}` with cam_miou,
-    rw_miou, rw_crf_miou, ort_miou, ort_agreement and seconds.
+    make-synthetic (the recipe's demo section) into --out/data, then the chain of `psa
+    pipeline` on it: train-cam → make-cam → make-aff-labels → train-aff → label → eval, all
+    under --out; writes overview.png (image | truth | CAM | random walk | + CRF). Then
+    exports the models to --out/bundle and labels the val split again with the torch-free
+    onnxruntime runtime. The last line printed is `RESULT {json}` with cam_miou, rw_miou,
+    rw_crf_miou, ort_miou, ort_agreement and seconds (`psa pipeline --help` lists all).
+    A re-run resumes; one with another recipe or seed is refused.
     """
-    from psa_train.demo import run_demo
+    from psa_pipeline import load_recipe, run_demo
 
-    result = run_demo(
-        Path(out), config_path=config_path, sets=sets, num_images=num_images, seed=seed
-    )
+    extra = {"demo.num_images": num_images, "demo.seed": seed, "demo.style": style}
+    overrides = [f"{k}={json.dumps(v)}" for k, v in extra.items() if v is not None]
+    cfg = load_recipe(config_path, list(sets) + overrides)
+    result = run_demo(Path(out), cfg)
+    click.echo("RESULT " + json.dumps(result, sort_keys=True))
+
+
+@main.command("pipeline")
+@click.argument("data", type=click.Path(exists=True))
+@click.option(
+    "--out",
+    "-o",
+    type=click.Path(file_okay=False),
+    required=True,
+    help="Everything the run makes goes here; a re-run resumes it.",
+)
+@click.option(
+    "--labels",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Image-level labels file (default: the data set's own).",
+)
+@config_options
+@friendly
+def pipeline_cmd(data, out, labels, config_path, sets):
+    """Run the whole chain on the data set DATA: pseudo labels for its images in one command.
+
+    DATA is a VOC layout (JPEGImages/, ImageSets/Segmentation/{train,val}.txt, masks where
+    there are any) or a folder of images with labels.csv or labels.json. The recipe is the
+    demo's (configs/synthetic_demo.yaml: MobileNetV2, ImageNet weights, a CPU's worth of
+    epochs) unless --config names another.
+
+    \b
+    train-cam → make-cam → make-aff-labels → train-aff → label (walk; walk + CRF) → export
+    → calibrate class thresholds → label with onnxruntime → eval → overview.png
+
+    A VOC set trains on train and labels val (eval.split); a folder trains on every image
+    (less the share train-cam holds out to judge the classifier) and labels every image.
+    Under --out: labels/ (the walk's label PNGs), labels_crf/, labels_ort/ (the bundle's),
+    cam/heldout.json (the classifier's verdict), bundle/ (meta.json holds the calibrated
+    class thresholds). Every stage skips what exists, so a re-run resumes; a re-run on other
+    data or with another recipe is refused.
+
+    The last line printed is `RESULT {json}`: num_images, split, num_labeled, classifier,
+    class_thresholds, ort_agreement, ort_seconds_per_image, evaluated, seconds, stages;
+    predict_f1_val where the labeled split is not training data; and when every labeled
+    image has a mask (evaluated: true) cam_miou, rw_miou, rw_crf_miou, ort_miou,
+    cam_miou_best and cam_best_bg_threshold, as `psa demo` prints.
+    """
+    from psa_pipeline import load_recipe, run_pipeline
+
+    cfg = load_recipe(config_path, sets)
+    result = run_pipeline(Path(data), Path(out), cfg, labels_file=labels)
     click.echo("RESULT " + json.dumps(result, sort_keys=True))
 
 

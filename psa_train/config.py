@@ -445,12 +445,14 @@ class EvalConfig(_Stage):
 
 @dataclass(frozen=True)
 class DemoConfig(_Stage):
-    """The synthetic data set that ``psa demo`` generates."""
+    """The synthetic data set that ``psa demo`` generates (``bg_sweep``: ``psa demo`` and
+    ``psa pipeline`` also score the CAMs at other background thresholds)."""
 
     num_images: int = 400
     size: int = 160
     style: str = "default"  # psa make-synthetic --style: what the images look like
     num_classes: int | None = None  # null: the style's (6; 12 for "many")
+    seed: int = 0  # image i is drawn from default_rng([seed, i])
     bg_sweep: bool = True
 
     # The keys of psa_train.synthetic.STYLES, kept here so that reading a config draws in no
@@ -462,6 +464,7 @@ class DemoConfig(_Stage):
         "size": Int(64),  # the generator's smallest image
         "style": OneOf(styles),
         "num_classes": Maybe(Int(1, 20)),  # the generator has 20 class names
+        "seed": Int(0),  # numpy's seed sequences take no negative numbers
         "bg_sweep": BOOL,
     }
 

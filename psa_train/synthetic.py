@@ -280,6 +280,8 @@ def make_synthetic(
         save_label_png(seg_dir / f"{name}.png", r.label)
         image_labels[name] = [classes[c] for c in sorted(set(r.classes))]
 
+    stats = _summarise(measured)
+    _write_text(out / "psa_dataset.json", _dumps({**meta, "statistics": stats}))
     # A split that depends only on (seed, num_images, val_fraction); both halves non-empty.
     num_val = min(max(round(val_fraction * num_images), 1), num_images - 1)
     order = np.random.default_rng([seed, num_images, 7]).permutation(num_images)
@@ -287,9 +289,7 @@ def make_synthetic(
     train = sorted(set(ids) - set(val))
     _write_text(set_dir / "Segmentation" / "train.txt", "".join(f"{n}\n" for n in train))
     _write_text(set_dir / "Segmentation" / "val.txt", "".join(f"{n}\n" for n in val))
-    _write_text(out / "image_labels.json", _dumps(image_labels))
-    stats = _summarise(measured)
-    _write_text(out / "psa_dataset.json", _dumps({**meta, "statistics": stats}))
+    _write_text(out / "image_labels.json", _dumps(image_labels))  # last: the set is complete
     return {
         "out": str(out),
         "style": style,

@@ -21,6 +21,7 @@ COMMANDS = [
     "export",
     "build-engine",
     "demo",
+    "pipeline",
     "show",
 ]
 

@@ -1,4 +1,5 @@
-"""The whole chain through the CLI on tiny synthetic data with the `tiny` backbone (CPU, ~1 min).
+"""The whole chain through the CLI on tiny synthetic data with the `tiny` backbone (CPU, ~1 min):
+stage by stage, as `psa demo`, and as `psa pipeline` on a VOC-layout set and on a folder.
 
 Built once per module; each test then checks one property of what the chain wrote.
 """
@@ -47,6 +48,12 @@ def run(*args):
     r = CliRunner().invoke(main, [str(a) for a in args])
     assert r.exit_code == 0, r.output
     return r.stdout
+
+
+def result_of(stdout: str) -> dict:
+    last = stdout.strip().splitlines()[-1]
+    assert last.startswith("RESULT ")
+    return json.loads(last[len("RESULT ") :])
 
 
 @pytest.fixture(scope="module")
@@ -256,9 +263,7 @@ def test_demo_prints_result_line_and_overview(tmp_path):
     out = tmp_path / "demo"
     sets = ["--set", "demo.size=64", "--set", "demo.num_classes=3", "--set", "demo.bg_sweep=false"]
     stdout = run("demo", "--out", out, "--num-images", 12, *sets, *TINY, *TINY_AFF, *SCALES)
-    last = stdout.strip().splitlines()[-1]
-    assert last.startswith("RESULT ")
-    result = json.loads(last[len("RESULT ") :])
+    result = result_of(stdout)
     for key in ("cam_miou", "rw_miou", "rw_crf_miou", "ort_miou", "ort_agreement", "seconds"):
         assert key in result
     assert 0 <= result["cam_miou"] <= 100 and result["seconds"] > 0
@@ -269,10 +274,124 @@ def test_demo_prints_result_line_and_overview(tmp_path):
     # (image, truth, CAM, RW, RW + CRF, classes) of images at least 0.85 / 1.15 as wide as tall
     from psa_infer.datasets import open_dataset
     from psa_infer.visualize import GAP, TITLE_HEIGHT
-    from psa_train.demo import OVERVIEW_HEIGHT
+    from psa_pipeline import OVERVIEW_HEIGHT
 
     im = Image.open(out / "overview.png")
     rows = min(6, len(open_dataset(out / "data").split("val")))
     assert im.height == TITLE_HEIGHT + rows * (OVERVIEW_HEIGHT + GAP) + GAP
     assert im.width > 5 * 0.85 / 1.15 * OVERVIEW_HEIGHT
     assert (out / "bundle" / "meta.json").exists()
+
+
+# --------------------------------------------------------------------------- psa pipeline
+
+PIPELINE = [*TINY, *TINY_AFF, *SCALES, "--set", "demo.bg_sweep=false"]
+MIOU_KEYS = ("cam_miou", "rw_miou", "rw_crf_miou", "ort_miou", "cam_miou_best")
+
+
+@pytest.fixture(scope="module")
+def voc_run(tmp_path_factory):
+    d = tmp_path_factory.mktemp("pipeline_voc")
+    run("make-synthetic", d / "data", "-n", 12, "--size", 64, "--num-classes", 3)
+    r = CliRunner().invoke(
+        main, [str(a) for a in ("pipeline", d / "data", "-o", d / "out")] + PIPELINE
+    )
+    assert r.exit_code == 0, r.output
+    return d, result_of(r.stdout), r.stderr
+
+
+@pytest.fixture(scope="module")
+def folder_run(tmp_path_factory):
+    """A folder of images with labels.csv (no masks, no splits), from a tiny synthetic set."""
+    import shutil
+
+    d = tmp_path_factory.mktemp("pipeline_folder")
+    run("make-synthetic", d / "syn", "-n", 12, "--size", 64, "--num-classes", 3)
+    folder = d / "photos"
+    folder.mkdir()
+    labels = json.loads((d / "syn" / "image_labels.json").read_text())
+    rows = ["image,labels"]
+    for i, names in labels.items():
+        shutil.copy(d / "syn" / "JPEGImages" / f"{i}.jpg", folder / f"{i}.jpg")
+        rows.append(f"{i}.jpg,{';'.join(names)}")
+    (folder / "labels.csv").write_text("\n".join(rows) + "\n")
+    r = CliRunner().invoke(main, [str(a) for a in ("pipeline", folder, "-o", d / "out")] + PIPELINE)
+    assert r.exit_code == 0, r.output
+    return d, result_of(r.stdout), r.stderr
+
+
+def test_pipeline_on_a_voc_set_prints_the_demo_result(voc_run):
+    d, result, _ = voc_run
+    for key in (*MIOU_KEYS, "ort_agreement", "ort_seconds_per_image", "predict_f1_val"):
+        assert key in result, key
+    assert result["evaluated"] is True and result["split"] == "val"
+    assert result["num_images"] == 12 and result["num_labeled"] == 3
+    assert result["ort_agreement"] >= 99.0
+    assert result["classifier"]["heldout_images"] == 1  # 10% of 9 training images
+    meta = json.loads((d / "out" / "bundle" / "meta.json").read_text())
+    assert meta["class_thresholds"] == result["class_thresholds"]
+    assert sorted(result["class_thresholds"]) == sorted(meta["classes"][1:])
+    val = (d / "data" / "ImageSets/Segmentation/val.txt").read_text().split()
+    for sub in ("labels", "labels_crf", "labels_ort"):
+        assert sorted(p.stem for p in (d / "out" / sub).glob("*.png")) == sorted(val)
+
+
+def test_pipeline_rerun_resumes_and_another_recipe_or_data_is_refused(voc_run, tmp_path):
+    d, first, _ = voc_run
+    stamp = {p: p.stat().st_mtime_ns for p in (d / "out").rglob("*.safetensors")}
+    stamp.update({p: p.stat().st_mtime_ns for p in (d / "out" / "labels").glob("*.png")})
+    again = result_of(run("pipeline", d / "data", "-o", d / "out", *PIPELINE))
+    assert {p: p.stat().st_mtime_ns for p in stamp} == stamp  # nothing trained or relabeled
+    assert all(again[k] == first[k] for k in MIOU_KEYS)
+    args = ["pipeline", str(d / "data"), "-o", str(d / "out"), *PIPELINE]
+    r = CliRunner().invoke(main, args + ["--set", "train_cam.epochs=2"])
+    assert r.exit_code == 1 and "Traceback" not in r.output
+    assert "has train_cam.epochs=1, this one 2; resume with the same recipe" in r.stderr
+    run("make-synthetic", tmp_path / "other", "-n", 4, "--size", 64, "--num-classes", 3)
+    r = CliRunner().invoke(main, ["pipeline", str(tmp_path / "other"), *args[2:]])
+    assert r.exit_code == 1 and "holds a run on" in r.stderr
+    # not a data set at all: one line
+    r = CliRunner().invoke(main, ["pipeline", str(tmp_path), "-o", str(tmp_path / "o")])
+    assert r.exit_code == 1 and "neither a VOC layout" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_pipeline_on_a_folder_labels_every_image_without_miou(folder_run):
+    d, result, stderr = folder_run
+    assert result["evaluated"] is False and result["split"] == "train"
+    assert not any(k in result for k in (*MIOU_KEYS, "predict_f1_val"))
+    assert result["num_images"] == 12 and result["num_labeled"] == 12
+    assert "no mIoU: 12 of the 12 images of split 'train' have no ground truth" in stderr
+    assert result["ort_agreement"] >= 99.0
+    # the classifier's verdict: on 1 held-out image there is too little to judge
+    assert result["classifier"]["verdict"] == "unknown"
+    assert (d / "out" / "cam" / "heldout.json").exists()
+    meta = json.loads((d / "out" / "bundle" / "meta.json").read_text())
+    assert meta["class_thresholds"] == result["class_thresholds"]
+    assert meta["class_thresholds_from"]["images"] == 12  # < 8 held out: every training image
+    ids = sorted(p.stem for p in (d / "photos").glob("*.jpg"))
+    for sub in ("labels", "labels_crf", "labels_ort"):
+        assert sorted(p.stem for p in (d / "out" / sub).glob("*.png")) == ids
+    classes = meta["classes"]
+    labels = json.loads((d / "syn" / "image_labels.json").read_text())
+    for i in ids:
+        lab = np.array(Image.open(d / "out" / "labels" / f"{i}.png"))
+        assert set(np.unique(lab).tolist()) <= {0} | {classes.index(n) for n in labels[i]}
+    # overview.png without a ground-truth column: image, CAM, RW, RW + CRF, classes
+    from psa_infer.visualize import GAP, TITLE_HEIGHT
+    from psa_pipeline import OVERVIEW_HEIGHT
+
+    im = Image.open(d / "out" / "overview.png")
+    assert im.height == TITLE_HEIGHT + 6 * (OVERVIEW_HEIGHT + GAP) + GAP
+
+
+def test_demo_of_another_style_and_a_rerun_with_another_seed(tmp_path):
+    out = tmp_path / "demo"
+    sets = ["--set", "demo.size=64", "--set", "demo.num_classes=3", *PIPELINE]
+    args = ["demo", "--out", out, "--num-images", 12, "--style", "textured", *sets]
+    result = result_of(run(*args))
+    assert result["evaluated"] is True and 0 <= result["rw_miou"] <= 100
+    meta = json.loads((out / "data" / "psa_dataset.json").read_text())
+    assert meta["generator"]["style"] == "textured" and meta["statistics"]["part_share"] is None
+    r = CliRunner().invoke(main, [str(a) for a in args] + ["--seed", "1"])
+    assert r.exit_code == 1 and "has demo.seed=0, this one 1" in r.stderr
