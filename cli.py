@@ -355,6 +355,47 @@ def train_aff_cmd(
     click.echo(f"wrote {path}")
 
 
+@main.command("train-seg")
+@click.argument("data", type=click.Path(exists=True))
+@click.option(
+    "--labels-dir",
+    type=click.Path(exists=True, file_okay=False),
+    help="Folder of <id>.png label maps: pseudo labels from `psa label`, or DATA's "
+    "SegmentationClass for the fully supervised bound (default: DATA's ground truth).",
+)
+@click.option("--out", "-o", type=click.Path(file_okay=False), required=True)
+@click.option("--backbone", type=click.Choice(BACKBONE_NAMES))
+@click.option("--weights", help="ImageNet weights: 'default', a file, or 'none'.")
+@click.option("--epochs", type=click.IntRange(1))
+@click.option("--device", help="auto (CUDA when present), cpu, cuda, cuda:N.")
+@click.option("--resume", is_flag=True, help="Continue from OUT/last.safetensors.")
+@config_options
+@friendly
+def train_seg_cmd(
+    data, labels_dir, out, backbone, weights, epochs, device, resume, config_path, sets
+):
+    """Train a segmentation network (DeepLab head at stride 8) on label maps of DATA's
+    train_seg.train_split; 255 is ignored. Writes OUT/seg.safetensors for `psa export-seg`."""
+    from psa_infer.datasets import open_dataset
+    from psa_train.train_seg import train_seg
+
+    if weights == "none":
+        weights = None
+        sets = (*sets, "train_seg.weights=null")
+    cfg = _config(
+        config_path,
+        sets,
+        {
+            "train_seg.backbone": backbone,
+            "train_seg.weights": weights,
+            "train_seg.epochs": epochs,
+            "train_seg.device": device,
+        },
+    )
+    path = train_seg(open_dataset(data), labels_dir, out, cfg.train_seg, resume=resume)
+    click.echo(f"wrote {path}")
+
+
 def _parse_shard(value: str | None) -> tuple[int, int]:
     """--shard i/n, or RANK/WORLD_SIZE from torchrun; default the whole list."""
     if value:
@@ -784,6 +825,119 @@ def export_cmd(
         f"wrote {path}: {len(meta['classes']) - 1} classes, opset {meta['opset']}, "
         f"precisions {made}"
     )
+
+
+@main.command("export-seg")
+@click.option(
+    "--seg",
+    "seg_ckpt",
+    type=click.Path(exists=True),
+    required=True,
+    help="seg.safetensors (train-seg).",
+)
+@click.option(
+    "--out",
+    "-o",
+    type=click.Path(file_okay=False),
+    required=True,
+    help="Bundle folder to write (an earlier segmentation bundle there is replaced).",
+)
+@click.option("--opset", type=click.IntRange(13), default=17, show_default=True)
+@click.option(
+    "--precision",
+    "precisions",
+    default="fp32",
+    show_default=True,
+    help="Graphs to write: fp32 always, plus fp16 and/or int8 (needs --calib), e.g. fp32,fp16.",
+)
+@click.option(
+    "--calib",
+    "calib_source",
+    type=click.Path(exists=True),
+    help="INT8 calibration images: a folder of images, or a data set (its train split).",
+)
+@click.option("--calib-limit", type=click.IntRange(1), default=32, show_default=True)
+@friendly
+def export_seg_cmd(seg_ckpt, out, opset, precisions, calib_source, calib_limit):
+    """Export the segmentation network of train-seg to a bundle of its own: seg.onnx (image
+    (B, 3, H, W) → logits (B, K+1, H, W), any H and W) and meta.json, for `psa segment`."""
+    from export.precision import parse_precisions
+    from export.seg_bundle import export_seg_bundle
+    from export.verify import verify_images
+    from psa_infer.segment import load_seg_meta
+    from psa_train.checkpoint import load_checkpoint
+
+    chosen = parse_precisions(precisions)
+    if "int8" in chosen and not calib_source:
+        raise click.UsageError("--precision int8 needs --calib IMAGES (training images)")
+    calib = None
+    if "int8" in chosen:
+        _, ck = load_checkpoint(seg_ckpt, kind="seg")
+        calib = verify_images(calib_source, ck["classes"], "train", calib_limit)
+    path = export_seg_bundle(seg_ckpt, out, opset, precisions=chosen, calib_images=calib)
+    meta = load_seg_meta(path, check_files=False)
+    made = ", ".join(["fp32", *meta.get("precisions", {})])
+    click.echo(f"wrote {path}: {len(meta['classes']) - 1} classes, precisions {made}")
+
+
+@main.command("segment")
+@click.argument("source", type=click.Path(exists=True))
+@click.option(
+    "--model",
+    "bundle",
+    type=click.Path(exists=True, file_okay=False),
+    required=True,
+    help="Segmentation bundle from `psa export-seg`.",
+)
+@click.option("--out", "-o", type=click.Path(file_okay=False), required=True)
+@click.option("--split", default="val", show_default=True, help="Data-set split.")
+@click.option(
+    "--scales",
+    default="1.0",
+    show_default=True,
+    help="Test-time scales, e.g. 1.0,0.75,1.25 (the mean softmax of every pass).",
+)
+@click.option("--flip", is_flag=True, help="Also run each scale's mirror image.")
+@click.option(
+    "--backend",
+    type=click.Choice(["onnxruntime", "tensorrt"]),
+    default="onnxruntime",
+    show_default=True,
+)
+@click.option(
+    "--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32", show_default=True
+)
+@click.option("--device", default="auto", show_default=True, help="onnxruntime: auto, cpu, cuda.")
+@click.option("--overwrite", is_flag=True, help="Relabel images whose label map exists.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar or provider line.")
+@fail_fast_option
+@friendly
+def segment_cmd(
+    source, bundle, out, split, scales, flip, backend, precision, device, overwrite, quiet,
+    fail_fast,
+):  # fmt: skip
+    """Label SOURCE (a data set's split, an image folder or one image) with the segmentation
+    network of BUNDLE: one pass per image (torch-free). Writes OUT/<id>.png palette label maps
+    and OUT/labels.jsonl, as `psa label`; `psa eval DATA --labels-dir OUT` scores them."""
+    from psa_infer.datasets import resolve_source
+    from psa_infer.segment import load_seg_meta, open_seg_bundle, segment_items
+
+    try:
+        factors = tuple(float(s) for s in scales.split(","))
+    except ValueError:
+        factors = ()
+    if not factors or min(factors) <= 0:
+        raise click.BadParameter(f"expected numbers > 0, got {scales!r}", param_hint="--scales")
+    meta = load_seg_meta(bundle)
+    items = resolve_source(source, meta["classes"], split, predict=True)
+    providers, _ = _ort_providers(device) if backend == "onnxruntime" else ("auto", None)
+    with open_seg_bundle(bundle, backend, providers, precision=precision) as opened:
+        if not quiet:
+            click.echo(f"{backend}: {opened.provider}; {precision} graph", err=True)
+        stats = segment_items(
+            opened, items, out, factors, flip, not quiet, fail_fast, overwrite
+        )  # fmt: skip
+    _finish(stats, "to segment")
 
 
 @main.command("build-engine")

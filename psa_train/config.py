@@ -394,6 +394,55 @@ class TrainAffConfig(_Stage):
 
 
 @dataclass(frozen=True)
+class TrainSegConfig(_Stage):
+    """The segmentation network trained on pseudo labels (the paper's last step, §5): a
+    DeepLab-style head on a backbone at output stride 8, cross-entropy with 255 ignored, SGD
+    with poly decay (the head at 10x the backbone's rate, ``param_groups``)."""
+
+    backbone: str = "resnet38"
+    weights: str | None = "default"
+    epochs: int = 30
+    batch_size: int = 8
+    lr: float = 0.01
+    weight_decay: float = 5e-4
+    poly_power: float = 0.9
+    # DeepLab trains with plain SGD momentum; the CAM stages' quirk (see TrainCamConfig) is off.
+    reference_momentum_quirk: bool = False
+    momentum: float = 0.9
+    crop: int = 448
+    # Each image (and its label map, nearest-neighbour) is resized by a factor drawn uniformly
+    # from this range before the crop.
+    scale_range: tuple[float, float] = (0.7, 1.3)
+    hflip: bool = True
+    color_jitter: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)
+    # The head's dilation rates on the stride-8 grid: one rate is DeepLab's LargeFOV, several
+    # an ASPP whose branches' class scores are summed (DeepLab v2's ASPP-S has 2, 4, 8, 12).
+    head_rates: tuple[int, ...] = (2, 4, 8, 12)
+    head_width: int = 256  # channels of each branch's dilated conv
+    head_dropout: float = 0.5
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    train_split: str = "train"
+    num_workers: int = 0
+    seed: int = 0
+    device: str = "auto"
+
+    section: ClassVar[str] = "train_seg"
+    ranges: ClassVar[dict[str, Check]] = {
+        **_TRAINING,
+        "crop": Int(STRIDE),  # at least one cell of the stride-8 grid
+        # 0.1 .. 4: a factor past these makes a 500-px image a few cells or 16x its pixels.
+        "scale_range": Each(Real(ge=0.1, le=4), nonempty=True, ascending=True),
+        # A rate past 64 cells (512 px) reads only padding on any image we label.
+        "head_rates": Each(Int(1, 64), nonempty=True, distinct=True),
+        "head_width": Int(1, 4096),
+        "head_dropout": Real(ge=0, lt=1),  # 1 would zero every feature
+        "mean": Each(UNIT),
+        "std": Each(POSITIVE),
+    }
+
+
+@dataclass(frozen=True)
 class LabelConfig(_Stage):
     """Random-walk pseudo labels (SPEC §5)."""
 
@@ -477,6 +526,7 @@ class Config:
     make_cam: MakeCamConfig = field(default_factory=MakeCamConfig)
     aff_labels: AffLabelsConfig = field(default_factory=AffLabelsConfig)
     train_aff: TrainAffConfig = field(default_factory=TrainAffConfig)
+    train_seg: TrainSegConfig = field(default_factory=TrainSegConfig)
     label: LabelConfig = field(default_factory=LabelConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     demo: DemoConfig = field(default_factory=DemoConfig)

@@ -1,4 +1,5 @@
-"""The CAM classifier and AffinityNet on top of a backbone, pair affinities, loss, lr groups.
+"""The CAM classifier, AffinityNet and the segmentation network on top of a backbone, pair
+affinities, loss, lr groups.
 
 Head layers keep the reference's names (``fc8``; ``f8_3``, ``f8_4``, ``f8_5``, ``f9``) so a
 reference checkpoint maps onto ours by prefixing its backbone keys with ``backbone.``.
@@ -83,6 +84,63 @@ class AffinityNet(nn.Module):
         low, mid, high = self.backbone(x)
         f = torch.cat([F.elu(self.f8_3(low)), F.elu(self.f8_4(mid)), F.elu(self.f8_5(high))], 1)
         return F.elu(self.f9(f))
+
+
+class SegNet(nn.Module):
+    """Semantic segmentation: backbone + a DeepLab head at output stride 8 (the paper's §5).
+
+    The head reads the high level; per dilation rate r of ``rates`` a branch 3×3 conv (dilation
+    r, ``width`` channels) → ReLU → Dropout2d → 1×1 conv to the K+1 class scores, and the
+    branches' scores are summed: one rate is DeepLab's LargeFOV, several are DeepLab v2's ASPP.
+    ``forward`` upsamples the stride-8 scores bilinearly to the input size (the loss is taken
+    there, and the exported graph gives image-size logits), ``scores`` keeps them at stride 8.
+    """
+
+    def __init__(
+        self,
+        backbone: Backbone,
+        num_classes: int,
+        rates: tuple[int, ...] = (2, 4, 8, 12),
+        width: int = 256,
+        dropout: float = 0.5,
+    ) -> None:
+        super().__init__()
+        if not rates or min(rates) < 1 or width < 1:
+            raise ValueError(
+                f"rates, width: expected rates >= 1 and width >= 1, got {rates}, {width}"
+            )
+        self.backbone = backbone
+        self.num_classes = num_classes  # foreground classes; the network scores K + 1
+        self.rates = tuple(int(r) for r in rates)
+        cin = backbone.channels[2]
+        self.branches = nn.ModuleList(
+            nn.Sequential(
+                nn.Conv2d(cin, width, 3, padding=r, dilation=r),
+                nn.ReLU(inplace=True),
+                nn.Dropout2d(dropout),
+                nn.Conv2d(width, num_classes + 1, 1),
+            )
+            for r in self.rates
+        )
+        for m in self.branches.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+                nn.init.zeros_(m.bias)
+        for b in self.branches:  # small class scores at the start: a uniform first guess
+            nn.init.normal_(b[3].weight, std=0.01)
+
+    def scores(self, x: Tensor) -> Tensor:
+        """x (B, 3, H, W) float32 → logits (B, K+1, ceil(H/8), ceil(W/8)) float32."""
+        high = self.backbone(x)[2]
+        out = self.branches[0](high)
+        for b in self.branches[1:]:
+            out = out + b(high)
+        return out
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x (B, 3, H, W) float32 → logits (B, K+1, H, W) float32 (bilinear, corners not
+        aligned: ``psa_infer.ops.resize_bilinear``'s convention)."""
+        return F.interpolate(self.scores(x), size=x.shape[2:], mode="bilinear", align_corners=False)
 
 
 @cache

@@ -1,0 +1,152 @@
+"""Stage: train the segmentation network on label maps — ``psa train-seg`` (the paper's §5).
+
+The pseudo labels of ``psa label`` (palette PNGs, 255 = ignore) are what a fully supervised
+segmentation network then learns from; trained on a data set's ground-truth masks instead, the
+same recipe gives the fully supervised upper bound. The network is `psa_train.networks.SegNet`
+(a DeepLab head at output stride 8: LargeFOV for one dilation rate, ASPP for several), the
+loss cross-entropy over the pixels that are not 255, on the logits upsampled to the crop. The
+training loop is `psa_train.common.fit`'s (poly schedule, ``metrics.jsonl``, exact resume).
+
+There is no held-out selection: held-out pseudo labels would score the network's agreement
+with the labels' own errors, so the last epoch is kept. Writes into ``out``: ``config.yaml``,
+``metrics.jsonl``, ``last.safetensors`` and, at the end, ``seg.safetensors`` + ``seg.json``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from psa_infer.datasets import DataError, DataSet, Sample, check_images
+from psa_infer.palette import IGNORE
+from psa_train.checkpoint import load_checkpoint, load_state_strict
+from psa_train.common import fit, start_stage
+from psa_train.config import TrainSegConfig, to_dict
+from psa_train.data import (
+    SegDataset,
+    check_label_ids,
+    check_label_size,
+    label_dir_reader,
+    label_source,
+)
+
+
+def build_seg_model(backbone: str, weights: str | None, num_classes: int, head: dict):
+    """The segmentation network; ``head`` = {"rates", "width", "dropout"} (the checkpoint's)."""
+    from psa_train.backbones import build_backbone
+    from psa_train.networks import SegNet
+
+    return SegNet(
+        build_backbone(backbone, weights),
+        num_classes,
+        tuple(head["rates"]),
+        int(head["width"]),
+        float(head["dropout"]),
+    )
+
+
+def seg_loss(logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    """Mean cross-entropy over the pixels that are not ``IGNORE`` (0 when there are none,
+    where ``F.cross_entropy``'s mean would be NaN), and their pixel accuracy for the log.
+
+    logits (B, K+1, H, W) float32, target (B, H, W) int64."""
+    valid = target != IGNORE
+    n = int(valid.sum())
+    loss = F.cross_entropy(logits, target, ignore_index=IGNORE, reduction="sum") / max(n, 1)
+    with torch.no_grad():
+        right = int((logits.argmax(1) == target)[valid].sum())
+    return loss, {"pixel_acc": right / max(n, 1)}
+
+
+def _step(model, batch):
+    x, y = batch
+    return seg_loss(model(x), y)
+
+
+def _image_size(path: Path) -> tuple[int, int]:
+    """(H, W) of an image as ``load_image`` shows it (EXIF rotation applied), from its header."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        w, h = im.size
+        rotated = im.getexif().get(0x0112, 1) in (5, 6, 7, 8)
+    return (w, h) if rotated else (h, w)
+
+
+def check_labels(samples: list[Sample], labels, num_classes: int) -> None:
+    """Every training image's label map is there, readable, of its image's size and holds only
+    ids 0..K and 255 — checked before the first epoch, so a bad file fails in one line now."""
+    for s in samples:
+        label = labels(s)
+        where = label_source(labels, s)
+        check_label_ids(label, num_classes, where)
+        check_label_size(label, _image_size(s.image), s, where)
+
+
+def train_seg(
+    dataset: DataSet,
+    labels: str | Path | None,
+    out: str | Path,
+    cfg: TrainSegConfig,
+    resume: bool = False,
+    progress: bool = True,
+) -> Path:
+    """Train the network on ``dataset``'s ``cfg.train_split`` with the label maps in the folder
+    ``labels`` (``<id>.png``), or the data set's ground truth when ``labels`` is None; returns
+    the checkpoint path."""
+    out, device = start_stage(out, cfg)
+    torch.manual_seed(cfg.seed)
+    samples = dataset.split(cfg.train_split)
+    check_images(samples, f"train_seg.train_split '{cfg.train_split}'")
+    if labels is None:
+        missing = [s.id for s in samples if not dataset.has_ground_truth(s)]
+        if missing:
+            raise DataError(
+                f"{dataset.root}: no ground truth for '{missing[0]}' (+{len(missing) - 1} more) "
+                f"of split '{cfg.train_split}'; give --labels-dir"
+            )
+        read = dataset.ground_truth
+    else:
+        if not Path(labels).is_dir():
+            raise DataError(f"{labels}: not a folder of label PNGs")
+        read = label_dir_reader(labels, dataset.num_classes)
+    check_labels(samples, read, dataset.num_classes)
+    head = {
+        "rates": list(cfg.head_rates),
+        "width": cfg.head_width,
+        "dropout": cfg.head_dropout,
+    }
+    model = build_seg_model(cfg.backbone, cfg.weights, dataset.num_classes, head).to(device)
+    meta = {
+        "kind": "seg",
+        "backbone": cfg.backbone,
+        "classes": list(dataset.classes),
+        "mean": list(cfg.mean),
+        "std": list(cfg.std),
+        "head": head,
+        "labels": "ground truth" if labels is None else str(Path(labels).resolve()),
+        "config": to_dict(cfg),
+        "dataset": dataset.name,
+    }
+    ds = SegDataset(samples, read, cfg)
+    return fit(model, ds, _step, cfg, out, meta, "seg", resume, progress)
+
+
+def load_seg_model(path: str | Path, device: torch.device | str = "cpu"):
+    """Rebuild a trained segmentation network from its checkpoint; (model in eval mode, meta)."""
+    tensors, meta = load_checkpoint(path, kind="seg")
+    model = build_seg_model(meta["backbone"], None, len(meta["classes"]) - 1, meta["head"])
+    load_state_strict(model, tensors, str(path))
+    return model.to(device).eval(), meta
+
+
+@torch.no_grad()
+def predict(model, img: np.ndarray, mean, std, device="cpu") -> np.ndarray:
+    """The network's label map of one (H, W, 3) uint8 image, (H, W) uint8 (torch, scale 1)."""
+    from psa_infer.cam import normalize_image
+
+    x = torch.from_numpy(normalize_image(img, mean, std)[None]).to(device)
+    return model(x)[0].argmax(0).to(torch.uint8).cpu().numpy()

@@ -1,0 +1,163 @@
+"""train-seg: SegNet at tiny sizes, the augmentation, the loss going down, exact resume after a
+kill -9, and bad label folders refused through the CLI in one line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from cli import main
+from psa_infer.palette import load_label_png, save_label_png
+from psa_train.backbones import build_backbone
+from psa_train.config import TrainSegConfig
+from psa_train.networks import SegNet, param_groups
+from tests.conftest import write_voc
+from tests.psa_train.test_resume import EPOCHS, assert_same_run, psa
+
+TINY = dict(backbone="tiny", weights=None, crop=32, batch_size=2, head_width=8, head_rates=(1, 2))
+ARGS = [
+    "--backbone",
+    "tiny",
+    "--weights",
+    "none",
+    "--epochs",
+    EPOCHS,
+    "--device",
+    "cpu",
+    "--set",
+    "train_seg.crop=32",
+    "--set",
+    "train_seg.batch_size=2",
+    "--set",
+    "train_seg.head_width=8",
+    "--set",
+    "train_seg.head_rates=[1,2]",
+]
+
+
+@pytest.fixture
+def voc(tmp_path):
+    write_voc(tmp_path / "voc", n=8)
+    return tmp_path / "voc"
+
+
+@pytest.mark.parametrize("size", [(37, 45), (8, 8), (5, 3), (61, 47)])
+def test_segnet_gives_image_size_logits_and_stride8_scores(size):
+    torch.manual_seed(0)
+    net = SegNet(build_backbone("tiny", None), 2, rates=(1, 3), width=8).eval()
+    x = torch.randn(2, 3, *size)
+    logits, scores = net(x), net.scores(x)
+    assert logits.shape == (2, 3, *size)
+    assert scores.shape == (2, 3, -(-size[0] // 8), -(-size[1] // 8))
+    assert torch.isfinite(logits).all()
+
+
+def test_head_is_new_backbone_pretrained_and_both_learn():
+    net = SegNet(build_backbone("tiny", None), 2, rates=(1, 2), width=8)
+    groups = {g["name"]: g for g in param_groups(net, 0.01, 5e-4)}
+    head = {id(p) for p in net.branches.parameters()}
+    assert {id(p) for p in groups["new_weights"]["params"] + groups["new_biases"]["params"]} == head
+    assert groups["new_weights"]["lr"] == pytest.approx(0.1)  # the head at 10x
+    net(torch.randn(1, 3, 24, 24)).sum().backward()
+    assert all(p.grad is not None for p in net.parameters())
+
+
+def test_items_augment_image_and_label_together(voc):
+    from psa_infer.datasets import open_dataset
+    from psa_train.data import SegDataset, label_dir_reader
+
+    ds = open_dataset(voc)
+    cfg = TrainSegConfig(**{**TINY, "crop": 48}, scale_range=(1.0, 1.0), hflip=False)
+    items = SegDataset(ds.split("train"), label_dir_reader(voc / "SegmentationClass", 2), cfg)
+    x, y = items[0]
+    assert x.shape == (3, 48, 48) and y.shape == (48, 48) and y.dtype == torch.int64
+    # The 37x45 image in a 48-px window: the padding is 255 (ignored), the rest the mask's ids.
+    assert (y == 255).sum() == 48 * 48 - 37 * 45
+    assert set(torch.unique(y).tolist()) <= {0, 1, 2, 255}
+    # Padded image pixels are 0 after normalising (the mean colour); the object is in the crop.
+    assert ((y == 255) <= (x.abs().sum(0) == 0)).all() and (y == 1).any()
+    again = SegDataset(ds.split("train"), label_dir_reader(voc / "SegmentationClass", 2), cfg)
+    assert torch.equal(again[0][1], y)  # seeded by (seed, epoch, index)
+
+
+def test_training_on_ground_truth_reduces_the_loss(voc, tmp_path):
+    from psa_infer.datasets import open_dataset
+    from psa_train.train_seg import load_seg_model, train_seg
+
+    cfg = TrainSegConfig(**TINY, epochs=8, lr=0.02, device="cpu")
+    path = train_seg(open_dataset(voc), None, tmp_path / "seg", cfg, progress=False)
+    rows = [json.loads(x) for x in (tmp_path / "seg" / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 8
+    assert rows[-1]["train_loss"] < 0.8 * rows[0]["train_loss"]
+    net, meta = load_seg_model(path)
+    assert meta["kind"] == "seg" and meta["labels"] == "ground truth"
+    assert meta["head"] == {"rates": [1, 2], "width": 8, "dropout": 0.5}
+    assert json.loads((tmp_path / "seg" / "seg.json").read_text())["epoch"] == 8
+
+
+def test_cli_trains_on_a_labels_folder(voc, tmp_path):
+    r = CliRunner().invoke(
+        main,
+        ["train-seg", str(voc), "--labels-dir", str(voc / "SegmentationClass"), "-o",
+         str(tmp_path / "seg"), *map(str, ARGS)],
+    )  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "seg" / "seg.safetensors").exists()
+    meta = json.loads((tmp_path / "seg" / "seg.json").read_text())
+    assert meta["labels"] == str((voc / "SegmentationClass").resolve())
+
+
+def test_killed_and_resumed_gives_the_uninterrupted_bytes(voc, tmp_path):
+    labels = ["--labels-dir", voc / "SegmentationClass"]
+    psa("train-seg", voc, *labels, "-o", tmp_path / "ref", *ARGS)
+    out = tmp_path / "seg"
+    # 4 training images, 2 steps per epoch: step 3 is inside epoch 2
+    psa("train-seg", voc, *labels, "-o", out, *ARGS, kill="step:3")
+    psa("train-seg", voc, *labels, "-o", out, *ARGS, "--resume", kill="last-sidecar:2")
+    psa("train-seg", voc, *labels, "-o", out, *ARGS, "--resume")
+    assert_same_run(out, tmp_path / "ref", "seg")
+
+
+def _bad(voc: Path, tmp_path: Path, how: str) -> Path:
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for p in sorted((voc / "SegmentationClass").glob("*.png")):
+        save_label_png(bad / p.name, load_label_png(p))
+    first = bad / "img_000.png"
+    if how == "size":
+        save_label_png(first, np.zeros((20, 20), np.uint8))
+    elif how == "class":
+        lab = load_label_png(first)
+        lab[0, 0] = 7
+        save_label_png(first, lab)
+    else:
+        first.unlink()
+    return bad
+
+
+@pytest.mark.parametrize(
+    "how, message",
+    [
+        ("size", r"img_000\.png: label map of 20x20 pixels \(HxW\), its image .*\.jpg is 37x45"),
+        ("class", r"img_000\.png: class id 7 in a label map of a data set with ids 0\.\.2"),
+        ("missing", r"img_000\.png: no label map for training image 'img_000'"),
+    ],
+)  # fmt: skip
+def test_bad_label_folders_are_one_line_errors(voc, tmp_path, how, message):
+    import re
+
+    bad = _bad(voc, tmp_path, how)
+    r = CliRunner().invoke(
+        main, ["train-seg", str(voc), "--labels-dir", str(bad), "-o", str(tmp_path / "o"),
+               *map(str, ARGS)],
+    )  # fmt: skip
+    assert r.exit_code == 1, r.output
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in r.output
+    assert re.search(message, lines[0]), lines[0]
+    assert not (tmp_path / "o" / "last.safetensors").exists()  # refused before training
