@@ -2,9 +2,12 @@
 
 train-cam → make-cam → make-aff-labels → train-aff → label (walk, walk + CRF) → export →
 calibrate class thresholds → label with ONNX Runtime → eval (where there are masks) →
-overview.png, each stage timed and each skipping work whose output exists, so a re-run
-resumes. A driver of the stages, not a stage: it sits beside ``cli.py`` because it reaches
-into every package (``psa_train``, ``export``, ``psa_infer``).
+overview.png → the paper's last step where the labeled split has masks: the training split
+labeled with walk + CRF, a segmentation network trained on those labels and one on the
+ground truth (same recipe), each exported and run on the labeled split with ONNX Runtime;
+each stage timed and each skipping work whose output exists, so a re-run resumes. A driver
+of the stages, not a stage: it sits beside ``cli.py`` because it reaches into every package
+(``psa_train``, ``export``, ``psa_infer``).
 
 Which images play which part:
 
@@ -37,7 +40,7 @@ OVERVIEW_HEIGHT = 160  # pixels per row of overview.png
 DEMO_RECIPE = Path(__file__).resolve().parent / "configs" / "synthetic_demo.yaml"
 RUN_FILE = "pipeline.json"  # which data set an output folder's run is on
 # What the stages write under the output folder (the demo's data set first).
-OUTPUTS = ("data", "cam", "cams", "aff_labels", "aff", "labels", "labels_crf", "bundle")
+OUTPUTS = ("data", "cam", "cams", "aff_labels", "aff", "labels", "labels_crf", "bundle", "seg")
 # Settings a resumed run may change: where it runs, not what it computes.
 FREE_TO_CHANGE = ("device", "num_workers")
 
@@ -111,7 +114,10 @@ def run_pipeline(
     ort_seconds_per_image (the bundle's ONNX Runtime labels against the torch walk's),
     evaluated, seconds, stages. With a split of its own to label: predict_f1_val. When every
     labeled image has a mask (evaluated: true): cam_miou, rw_miou, rw_crf_miou, ort_miou,
-    cam_miou_best, cam_best_bg_threshold.
+    cam_miou_best, cam_best_bg_threshold; and, where the labeled split is not training data,
+    seg_miou (the segmentation network trained on the walk + CRF labels of the training
+    split), seg_full_miou (trained on its ground truth; when every training image has some),
+    seg_seconds_per_image (seg.onnx, ONNX Runtime).
     """
     from psa_infer.bundle import open_bundle
     from psa_infer.datasets import open_dataset
@@ -221,6 +227,8 @@ def run_pipeline(
             result.update(scores)
     with timer.stage("overview.png"):
         write_overview(ds, out, items, cfg.eval.bg_threshold, out / "overview.png", evaluated)
+    if evaluated and own_split:
+        result.update(_segmentation(ds, out, cfg, labeler, items, split, common, timer))
     for what, report in tables:
         click.echo(f"{what} ({split}):\n" + format_table(report))
     click.echo(timer.table())
@@ -255,6 +263,44 @@ def _evaluate(ds, out: Path, split: str, cfg: Config) -> tuple[dict, list]:
         "cam_miou_best": round(best["miou"], 2),
         "cam_best_bg_threshold": best["bg_threshold"],
     }, [("CAM", at_default), ("CAM + random walk", rw)]
+
+
+def _segmentation(ds, out: Path, cfg: Config, labeler, items, split, common, timer) -> dict:
+    """The paper's last step: label the training split with the walk + CRF, train the
+    segmentation network on those labels (``seg``) and on the ground truth (``seg_full``,
+    where every training image has some), export each and label ``split`` with ONNX Runtime;
+    returns seg_miou, seg_full_miou and seg.onnx's seconds per image."""
+    from export.seg_bundle import export_seg_bundle
+    from psa_infer.evaluate import evaluate_labels
+    from psa_infer.pipeline import label_items
+    from psa_infer.segment import open_seg_bundle, segment_items
+    from psa_train.train_seg import train_seg
+
+    train = ds.split(cfg.train_seg.train_split)
+    with timer.stage("label train split (random walk + CRF)"):
+        label_items(labeler, train, out / "labels_train_crf", crf=True, **common)
+    runs = {"seg": out / "labels_train_crf"}
+    if all(ds.has_ground_truth(s) for s in train):
+        runs["seg_full"] = None  # the data set's masks
+    result = {}
+    for name, labels in runs.items():
+        what = "ground truth" if labels is None else "walk + CRF labels"
+        with timer.stage(f"train-seg ({what})"):
+            ckpt = out / name / "seg.safetensors"
+            if not ckpt.exists():
+                ckpt = train_seg(ds, labels, out / name, cfg.train_seg, resume=True)
+        with timer.stage(f"segment {split} (onnxruntime, {what})"):
+            bundle = out / f"{name}_bundle"
+            if not (bundle / "meta.json").exists():
+                export_seg_bundle(ckpt, bundle)
+            with open_seg_bundle(bundle) as opened:
+                stats = segment_items(opened, items, out / f"labels_{name}", fail_fast=True)
+        report = evaluate_labels(ds, out / f"labels_{name}", split)
+        result[f"{name}_miou"] = round(report["miou"], 2)
+        if name == "seg" and stats["labeled"]:
+            result["seg_seconds_per_image"] = round(stats["seconds_per_image"], 4)
+    (out / "eval_seg.json").write_text(json.dumps(result, indent=2))
+    return result
 
 
 def _classifier_verdict(cam_dir: Path) -> dict | None:

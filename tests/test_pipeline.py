@@ -42,6 +42,22 @@ TINY_AFF = [
     "train_aff.epochs=1",
 ]
 SCALES = ["--set", "make_cam.scales=[1.0,0.5]"]
+TINY_SEG = [
+    "--set",
+    "train_seg.backbone=tiny",
+    "--set",
+    "train_seg.weights=null",
+    "--set",
+    "train_seg.crop=64",
+    "--set",
+    "train_seg.batch_size=4",
+    "--set",
+    "train_seg.epochs=1",
+    "--set",
+    "train_seg.head_width=8",
+    "--set",
+    "train_seg.head_rates=[1,2]",
+]
 
 
 def run(*args):
@@ -262,10 +278,19 @@ def test_resume_of_a_finished_run_repeats_nothing_and_another_config_is_refused(
 def test_demo_prints_result_line_and_overview(tmp_path):
     out = tmp_path / "demo"
     sets = ["--set", "demo.size=64", "--set", "demo.num_classes=3", "--set", "demo.bg_sweep=false"]
-    stdout = run("demo", "--out", out, "--num-images", 12, *sets, *TINY, *TINY_AFF, *SCALES)
+    stdout = run(
+        "demo", "--out", out, "--num-images", 12, *sets, *TINY, *TINY_AFF, *TINY_SEG, *SCALES
+    )
     result = result_of(stdout)
     for key in ("cam_miou", "rw_miou", "rw_crf_miou", "ort_miou", "ort_agreement", "seconds"):
         assert key in result
+    # the last step: segmentation networks trained on the walk + CRF labels of the training
+    # split and on its ground truth, scored on val
+    for key in ("seg_miou", "seg_full_miou"):
+        assert 0 <= result[key] <= 100
+    assert result["seg_seconds_per_image"] > 0
+    assert len(list((out / "labels_train_crf").glob("*.png"))) == 9  # 12 images: 9 train
+    assert (out / "seg_bundle" / "seg.onnx").exists() and (out / "seg_full" / "seg.json").exists()
     assert 0 <= result["cam_miou"] <= 100 and result["seconds"] > 0
     # the torch-free onnxruntime runtime labels like the torch backend
     assert result["ort_agreement"] >= 99.0
@@ -285,7 +310,7 @@ def test_demo_prints_result_line_and_overview(tmp_path):
 
 # --------------------------------------------------------------------------- psa pipeline
 
-PIPELINE = [*TINY, *TINY_AFF, *SCALES, "--set", "demo.bg_sweep=false"]
+PIPELINE = [*TINY, *TINY_AFF, *TINY_SEG, *SCALES, "--set", "demo.bg_sweep=false"]
 MIOU_KEYS = ("cam_miou", "rw_miou", "rw_crf_miou", "ort_miou", "cam_miou_best")
 
 
