@@ -46,6 +46,13 @@ def targets_table(raw: dict) -> Table:
             what = f"onnxruntime labeling ≥ torch eager speed ({res['side']}²)"
             got = f"torch {res['torch_s']:.2f} s, onnxruntime {res['onnxruntime_s']:.2f} s"
             rows.append([what, got, res["onnxruntime_s"] <= res["torch_s"]])
+    seg = raw.get("segmentation")
+    if seg and seg.get("ratio") is not None:
+        from benchmarks.seg_bench import TARGET_RATIO as SEG_RATIO
+
+        what = f"seg.onnx ≥ {SEG_RATIO:.0f}× faster than the labeling chain ({seg['side']}²)"
+        got = f"{seg['ratio']:.0f}× ({seg['seg_s']:.3f} s vs {seg['chain_s']:.2f} s)"
+        rows.append([what, got, seg["ratio"] >= SEG_RATIO])
     return Table(title="Targets (issue 5)", columns=["target", "measured", "met"], rows=rows)
 
 
@@ -100,6 +107,15 @@ def run_bench(
                 )
                 tables += pr_tables
                 for t in pr_tables:
+                    echo(to_text(t))
+                from benchmarks.seg_bench import run_seg_bench
+
+                echo("segmentation network vs labeling chain ...")
+                sg_tables, raw["segmentation"] = run_seg_bench(
+                    work / "seg", side=label_sides[0], repeats=repeats, bundle=bundle
+                )
+                tables += sg_tables
+                for t in sg_tables:
                     echo(to_text(t))
             if big_side:
                 echo(f"a {big_side}² image end to end ...")
