@@ -89,9 +89,11 @@ class AffinityNet(nn.Module):
 class SegNet(nn.Module):
     """Semantic segmentation: backbone + a DeepLab head at output stride 8 (the paper's §5).
 
-    The head reads the high level; per dilation rate r of ``rates`` a branch 3×3 conv (dilation
-    r, ``width`` channels) → ReLU → Dropout2d → 1×1 conv to the K+1 class scores, and the
-    branches' scores are summed: one rate is DeepLab's LargeFOV, several are DeepLab v2's ASPP.
+    The head reads the high level through a 1×1 conv to ``width`` channels + ReLU (on
+    MobileNetV2's 1280 channels a 3×3 conv per branch would cost 7x the backbone); then per
+    dilation rate r of ``rates`` a branch 3×3 conv (dilation r) → ReLU → Dropout2d → 1×1 conv
+    to the K+1 class scores, and the branches' scores are summed: one rate is DeepLab's
+    LargeFOV, several are DeepLab v2's ASPP.
     ``forward`` upsamples the stride-8 scores bilinearly to the input size (the loss is taken
     there, and the exported graph gives image-size logits), ``scores`` keeps them at stride 8.
     """
@@ -112,17 +114,19 @@ class SegNet(nn.Module):
         self.backbone = backbone
         self.num_classes = num_classes  # foreground classes; the network scores K + 1
         self.rates = tuple(int(r) for r in rates)
-        cin = backbone.channels[2]
+        self.reduce = nn.Sequential(
+            nn.Conv2d(backbone.channels[2], width, 1), nn.ReLU(inplace=True)
+        )
         self.branches = nn.ModuleList(
             nn.Sequential(
-                nn.Conv2d(cin, width, 3, padding=r, dilation=r),
+                nn.Conv2d(width, width, 3, padding=r, dilation=r),
                 nn.ReLU(inplace=True),
                 nn.Dropout2d(dropout),
                 nn.Conv2d(width, num_classes + 1, 1),
             )
             for r in self.rates
         )
-        for m in self.branches.modules():
+        for m in [*self.reduce.modules(), *self.branches.modules()]:
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
                 nn.init.zeros_(m.bias)
@@ -131,7 +135,7 @@ class SegNet(nn.Module):
 
     def scores(self, x: Tensor) -> Tensor:
         """x (B, 3, H, W) float32 → logits (B, K+1, ceil(H/8), ceil(W/8)) float32."""
-        high = self.backbone(x)[2]
+        high = self.reduce(self.backbone(x)[2])
         out = self.branches[0](high)
         for b in self.branches[1:]:
             out = out + b(high)

@@ -60,7 +60,7 @@ def test_segnet_gives_image_size_logits_and_stride8_scores(size):
 def test_head_is_new_backbone_pretrained_and_both_learn():
     net = SegNet(build_backbone("tiny", None), 2, rates=(1, 2), width=8)
     groups = {g["name"]: g for g in param_groups(net, 0.01, 5e-4)}
-    head = {id(p) for p in net.branches.parameters()}
+    head = {id(p) for p in [*net.reduce.parameters(), *net.branches.parameters()]}
     assert {id(p) for p in groups["new_weights"]["params"] + groups["new_biases"]["params"]} == head
     assert groups["new_weights"]["lr"] == pytest.approx(0.1)  # the head at 10x
     net(torch.randn(1, 3, 24, 24)).sum().backward()
