@@ -60,14 +60,128 @@ def fast_forward(sched, step: int) -> None:
 
 
 def start_stage(out: str | Path, cfg) -> tuple[Path, torch.device]:
-    """What every stage does first: threads, the output folder, the resolved config, the device."""
+    """What every stage does first: threads, the output folder, the resolved config, the device.
+
+    Under torchrun (WORLD_SIZE > 1) it also joins the process group (gloo on CPU, nccl on
+    CUDA, where process LOCAL_RANK takes cuda:LOCAL_RANK), and rank 0 alone writes the config.
+    """
     from psa_train.config import save_config
 
     set_threads()
+    rank, size = world() if hasattr(cfg, "batch_size") else (0, 1)  # training stages only
+    if size > 1:
+        rank_batch(cfg, size)  # before joining: a wrong world size fails in one line per rank
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "config.yaml")
-    return out, resolve_device(cfg.device)
+    device = resolve_device(cfg.device)
+    if size > 1:
+        device = _join_process_group(device)
+    if rank == 0:
+        save_config(cfg, out / "config.yaml")
+    return out, device
+
+
+# Training under torchrun. `batch_size` is the global batch: each of the WORLD_SIZE processes
+# takes batch_size / WORLD_SIZE of it, and `_RankShare` hands rank r the r-th contiguous slice
+# of each batch of the one-process order, so the ranks' shares of a step make up exactly the
+# batch one process would see; DistributedDataParallel averages their gradients. Rank 0 alone
+# validates and writes metrics, checkpoints and progress; the others wait in the next step's
+# collectives.
+
+
+def world() -> tuple[int, int]:
+    """(rank, world size) from torchrun's RANK and WORLD_SIZE; (0, 1) in a plain run."""
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def rank_batch(cfg, size: int) -> int:
+    """Each process's share of the global ``cfg.batch_size`` among ``size`` processes."""
+    if cfg.batch_size % size:
+        raise PsaError(
+            f"{cfg.section}.batch_size={cfg.batch_size} is the global batch, split evenly over "
+            f"the {size} processes of WORLD_SIZE: give a multiple of {size}"
+        )
+    return cfg.batch_size // size
+
+
+def _join_process_group(device: torch.device) -> torch.device:
+    import atexit
+
+    import torch.distributed as dist
+
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        atexit.register(dist.destroy_process_group)
+    return device
+
+
+class _RankShare(torch.utils.data.Sampler):
+    """Rank ``rank``'s indices of one epoch: of each batch of ``batch`` consecutive indices of
+    ``randperm(n, generator)`` (the order a shuffling DataLoader draws; a last partial batch is
+    dropped) the ``rank``-th of ``size`` equal slices. With ``size`` 1: the whole order."""
+
+    def __init__(self, n: int, batch: int, rank: int, size: int, generator: torch.Generator):
+        self.n, self.batch, self.rank, self.size, self.generator = n, batch, rank, size, generator
+
+    def __len__(self) -> int:
+        return self.n // self.batch * (self.batch // self.size)
+
+    def __iter__(self):
+        # Drawn lazily, as RandomSampler does: after the loader's iterator took its worker
+        # base seed from the same generator, so one process sees the order it always saw.
+        order = torch.randperm(self.n, generator=self.generator).tolist()
+        share = self.batch // self.size
+        for start in range(0, self.n // self.batch * self.batch, self.batch):
+            yield from order[start + self.rank * share : start + (self.rank + 1) * share]
+
+
+class _Replicated(torch.nn.parallel.DistributedDataParallel):
+    """DistributedDataParallel that also answers its network's attributes, so a stage's step
+    (``model.backbone.eval()`` in train-aff) reads the same under torchrun."""
+
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self.module, name)
+
+
+def _replicate(model: torch.nn.Module, cfg) -> torch.nn.Module:
+    """``model`` wrapped for DDP, its BatchNorm synchronised over the ranks if ``cfg.sync_bn``."""
+    device = next(model.parameters()).device
+    if cfg.sync_bn:
+        if device.type != "cuda":
+            raise PsaError(
+                f"{cfg.section}.sync_bn: torch's SyncBatchNorm runs on CUDA devices only; on "
+                "CPU set it false (each process then normalises over its own share of a batch)"
+            )
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)  # same parameters
+    # Every parameter that trains takes part in the loss (frozen ones are skipped by DDP), so
+    # no search for unused ones; buffers (BatchNorm statistics) follow rank 0's.
+    ids = [device.index] if device.type == "cuda" else None
+    return _Replicated(model, device_ids=ids)
+
+
+def _seed_rank(seed: int, epoch: int, rank: int) -> None:
+    """Under torchrun, every global generator of this rank from (seed, epoch, rank) at the
+    start of each epoch: a resume then repeats each rank's draws (Dropout2d) without the other
+    ranks' generator states, which rank 0's checkpoint does not hold."""
+    a, b = (int(x) for x in np.random.SeedSequence([seed, epoch, rank]).generate_state(2))
+    torch.manual_seed(a << 32 | b)  # the CUDA devices' too
+    np.random.seed(a)
+    random.seed(b)
+
+
+def _mean_over_ranks(values: dict[str, float], device: torch.device) -> dict[str, float]:
+    """Each key's mean over the ranks (every rank has the same keys, in the same order)."""
+    import torch.distributed as dist
+
+    t = torch.tensor(list(values.values()), dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return dict(zip(values, (t / dist.get_world_size()).tolist(), strict=True))
 
 
 def set_threads() -> None:
@@ -240,6 +354,12 @@ def fit(
     ``select``: a key of ``validate``'s dict to maximise; the epoch with its highest value is
     kept in ``out/best.safetensors`` and becomes the final checkpoint (its metadata says
     ``selected: {by, epoch, value}``); None keeps the last epoch.
+
+    Under torchrun (after `start_stage` joined the process group) the model trains wrapped in
+    DistributedDataParallel on each rank's share of every global batch; the logged training
+    metrics are the ranks' means; ``validate`` runs on rank 0 alone, which alone writes. Every
+    rank reads ``last.safetensors`` on ``resume`` (OUT must be on a file system they share)
+    and returns once rank 0 has written the final checkpoint.
     """
     from torch.utils.data import DataLoader
     from tqdm import tqdm
@@ -253,6 +373,9 @@ def fit(
     )
     from psa_train.networks import param_groups
 
+    rank, size = world()
+    main = rank == 0
+    share = rank_batch(cfg, size)
     steps_per_epoch = len(dataset) // cfg.batch_size  # drop_last, as the reference
     if steps_per_epoch == 0:
         raise PsaError(
@@ -273,36 +396,42 @@ def fit(
         restore_optimizer(opt, tensors)
         restore_rng(tensors, where)
         fast_forward(sched, start_epoch * steps_per_epoch)
-        repair_sidecar(last)
+        if main:
+            repair_sidecar(last)
+    net = _replicate(model, cfg) if size > 1 else model  # what trains; `model` is saved
 
     best = out / "best"
     best_value = -math.inf
-    if select and start_epoch and best.with_suffix(".safetensors").exists():
-        best_value = float(load_checkpoint(best, kind=meta["kind"])[1]["selected"]["value"])
-    elif best.with_suffix(".safetensors").exists():
-        for p in (best.with_suffix(".safetensors"), best.with_suffix(".json")):
-            p.unlink(missing_ok=True)  # an earlier run's, not this one's
+    if main and best.with_suffix(".safetensors").exists():
+        if select and start_epoch:
+            best_value = float(load_checkpoint(best, kind=meta["kind"])[1]["selected"]["value"])
+        else:
+            for p in (best.with_suffix(".safetensors"), best.with_suffix(".json")):
+                p.unlink(missing_ok=True)  # an earlier run's, not this one's
 
     log = MetricsLog(out / "metrics.jsonl")
-    log.keep_until(start_epoch)
+    if main:
+        log.keep_until(start_epoch)
+    progress = progress and main
     for epoch in range(start_epoch, cfg.epochs):
         dataset.epoch = epoch
+        if size > 1:
+            _seed_rank(cfg.seed, epoch, rank)
         g = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
         loader = DataLoader(
             dataset,
-            batch_size=cfg.batch_size,
-            shuffle=True,
-            drop_last=True,
+            batch_size=share,
+            sampler=_RankShare(len(dataset), cfg.batch_size, rank, size, g),
             num_workers=cfg.num_workers,
-            generator=g,
+            generator=g,  # the workers' base seed, drawn before the order
         )
-        model.train()
+        net.train()
         bar = tqdm(loader, desc=f"train-{name} {epoch + 1}/{cfg.epochs}", disable=not progress)
         sums: dict[str, float] = {}
         n = 0
         for batch in bar:
             batch = [b.to(device) for b in batch]
-            loss, parts = step_loss(model, batch)
+            loss, parts = step_loss(net, batch)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -311,8 +440,13 @@ def fit(
             kill_point_for_tests("step", epoch * steps_per_epoch + n)
             for k, v in {"loss": loss.item(), **parts}.items():
                 sums[k] = sums.get(k, 0.0) + v
-            bar.set_postfix(loss=f"{sums['loss'] / n:.4f}")
-        row = {"epoch": epoch + 1, **{f"train_{k}": v / max(n, 1) for k, v in sums.items()}}
+            bar.set_postfix(loss=f"{sums['loss'] / n:.4f}")  # rank 0's share
+        means = {k: v / max(n, 1) for k, v in sums.items()}
+        if size > 1:
+            means = _mean_over_ranks(means, device)  # each rank's mean over as many items
+        if not main:
+            continue  # the next step's collectives wait for rank 0's validation and writes
+        row = {"epoch": epoch + 1, **{f"train_{k}": v for k, v in means.items()}}
         row["lr"] = sched.get_last_lr()[0]
         if validate is not None:
             row.update(validate(model))
@@ -330,9 +464,13 @@ def fit(
         state = {f"model.{k}": v for k, v in model.state_dict().items()}
         state = {**state, **optimizer_state(opt), **rng_state()}
         save_checkpoint(last, state, {**meta, "epoch": epoch + 1})
-    if select and best.with_suffix(".safetensors").exists():
+    if main and select and best.with_suffix(".safetensors").exists():
         tensors, chosen = load_checkpoint(best, kind=meta["kind"])
-        return save_checkpoint(
+        save_checkpoint(
             out / name, tensors, {**meta, **{k: chosen[k] for k in ("epoch", "selected")}}
         )
-    return save_checkpoint(out / name, model.state_dict(), {**meta, "epoch": cfg.epochs})
+    elif main:
+        save_checkpoint(out / name, model.state_dict(), {**meta, "epoch": cfg.epochs})
+    if size > 1:
+        torch.distributed.barrier()  # the others return once the final checkpoint is there
+    return out / f"{name}.safetensors"

@@ -218,6 +218,10 @@ _TRAINING: dict[str, Check] = {
     "color_jitter": Items((UNIT, UNIT, UNIT, Real(ge=0, le=0.5))),
     "train_split": NAME,
     "num_workers": Int(0),
+    # Under torchrun: BatchNorm statistics over the whole global batch (SyncBatchNorm, CUDA
+    # only) instead of each process's share. Matters only where BN trains: a backbone without
+    # pretrained weights (pretrained ones keep BN frozen, SPEC §1).
+    "sync_bn": BOOL,
     # The loader's generator gets seed * 1000 + epoch, which must fit torch's 64 bits.
     "seed": Int(0, 2**32 - 1),
     "device": DEVICE,
@@ -267,6 +271,7 @@ class TrainCamConfig(_Stage):
     holdout: float = 0.1
     select: str = "best"  # "best" (held-out mAP) or "last" epoch
     num_workers: int = 0
+    sync_bn: bool = False  # see _TRAINING
     seed: int = 0
     device: str = "auto"
 
@@ -365,6 +370,7 @@ class TrainAffConfig(_Stage):
     widths: tuple[int, int, int] | None = None
     train_split: str = "train"
     num_workers: int = 0
+    sync_bn: bool = False  # see _TRAINING
     seed: int = 0
     device: str = "auto"
 
@@ -424,6 +430,7 @@ class TrainSegConfig(_Stage):
     std: tuple[float, float, float] = IMAGENET_STD
     train_split: str = "train"
     num_workers: int = 0
+    sync_bn: bool = False  # see _TRAINING
     seed: int = 0
     device: str = "auto"
 
