@@ -1141,9 +1141,17 @@ def bench_cmd(
     type=click.Choice(DemoConfig.styles),
     help="Synthetic style, as psa make-synthetic --style (default: recipe, 'default').",
 )
+@click.option(
+    "--seg",
+    "segmentation",
+    is_flag=True,
+    help="Also the paper's last step: train-seg on the walk + CRF labels of the training split "
+    "and on its ground truth, scored on val (seg_miou, seg_full_miou). Off by default: its "
+    "demo recipe does not train yet (see README).",
+)
 @config_options
 @friendly
-def demo_cmd(out, num_images, seed, style, config_path, sets):
+def demo_cmd(out, num_images, seed, style, segmentation, config_path, sets):
     """Run the whole chain on fresh synthetic data on this machine and report mIoU.
 
     make-synthetic (the recipe's demo section) into --out/data, then the chain of `psa
@@ -1159,7 +1167,7 @@ def demo_cmd(out, num_images, seed, style, config_path, sets):
     extra = {"demo.num_images": num_images, "demo.seed": seed, "demo.style": style}
     overrides = [f"{k}={json.dumps(v)}" for k, v in extra.items() if v is not None]
     cfg = load_recipe(config_path, list(sets) + overrides)
-    result = run_demo(Path(out), cfg)
+    result = run_demo(Path(out), cfg, segmentation=segmentation)
     click.echo("RESULT " + json.dumps(result, sort_keys=True))
 
 
@@ -1177,9 +1185,17 @@ def demo_cmd(out, num_images, seed, style, config_path, sets):
     type=click.Path(exists=True, dir_okay=False),
     help="Image-level labels file (default: the data set's own).",
 )
+@click.option(
+    "--seg",
+    "segmentation",
+    is_flag=True,
+    help="Also the paper's last step: train-seg on the walk + CRF labels of the training split "
+    "and on its ground truth, scored on val (seg_miou, seg_full_miou). Off by default: its "
+    "demo recipe does not train yet (see README).",
+)
 @config_options
 @friendly
-def pipeline_cmd(data, out, labels, config_path, sets):
+def pipeline_cmd(data, out, labels, segmentation, config_path, sets):
     """Run the whole chain on the data set DATA: pseudo labels for its images in one command.
 
     DATA is a VOC layout (JPEGImages/, ImageSets/Segmentation/{train,val}.txt, masks where
@@ -1207,7 +1223,7 @@ def pipeline_cmd(data, out, labels, config_path, sets):
     from psa_pipeline import load_recipe, run_pipeline
 
     cfg = load_recipe(config_path, sets)
-    result = run_pipeline(Path(data), Path(out), cfg, labels_file=labels)
+    result = run_pipeline(Path(data), Path(out), cfg, labels, segmentation=segmentation)
     click.echo("RESULT " + json.dumps(result, sort_keys=True))
 
 

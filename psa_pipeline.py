@@ -78,7 +78,7 @@ def load_recipe(config_path: str | os.PathLike | None, sets=()) -> Config:
     return load_config(config_path or DEMO_RECIPE, list(sets))
 
 
-def run_demo(out: Path, cfg: Config) -> dict:
+def run_demo(out: Path, cfg: Config, segmentation: bool = False) -> dict:
     """Generate the synthetic set of ``cfg.demo`` into ``out/data``, then ``run_pipeline``."""
     from psa_train.synthetic import make_synthetic
 
@@ -97,7 +97,7 @@ def run_demo(out: Path, cfg: Config) -> dict:
                 style=d.style,
                 progress=True,
             )
-    return run_pipeline(data, out, cfg, timer=timer)
+    return run_pipeline(data, out, cfg, timer=timer, segmentation=segmentation)
 
 
 def run_pipeline(
@@ -106,6 +106,7 @@ def run_pipeline(
     cfg: Config,
     labels_file: str | os.PathLike | None = None,
     timer: StageTimer | None = None,
+    segmentation: bool = False,
 ) -> dict:
     """Run the chain on the data set at ``data`` under ``out``; returns the RESULT dict.
 
@@ -114,10 +115,10 @@ def run_pipeline(
     ort_seconds_per_image (the bundle's ONNX Runtime labels against the torch walk's),
     evaluated, seconds, stages. With a split of its own to label: predict_f1_val. When every
     labeled image has a mask (evaluated: true): cam_miou, rw_miou, rw_crf_miou, ort_miou,
-    cam_miou_best, cam_best_bg_threshold; and, where the labeled split is not training data,
-    seg_miou (the segmentation network trained on the walk + CRF labels of the training
-    split), seg_full_miou (trained on its ground truth; when every training image has some),
-    seg_seconds_per_image (seg.onnx, ONNX Runtime).
+    cam_miou_best, cam_best_bg_threshold; and, with ``segmentation`` where the labeled split
+    is not training data, seg_miou (the segmentation network trained on the walk + CRF labels
+    of the training split), seg_full_miou (trained on its ground truth; when every training
+    image has some), seg_seconds_per_image (seg.onnx, ONNX Runtime).
     """
     from psa_infer.bundle import open_bundle
     from psa_infer.datasets import open_dataset
@@ -227,7 +228,7 @@ def run_pipeline(
             result.update(scores)
     with timer.stage("overview.png"):
         write_overview(ds, out, items, cfg.eval.bg_threshold, out / "overview.png", evaluated)
-    if evaluated and own_split:
+    if segmentation and evaluated and own_split:
         result.update(_segmentation(ds, out, cfg, labeler, items, split, common, timer))
     for what, report in tables:
         click.echo(f"{what} ({split}):\n" + format_table(report))

@@ -279,7 +279,17 @@ def test_demo_prints_result_line_and_overview(tmp_path):
     out = tmp_path / "demo"
     sets = ["--set", "demo.size=64", "--set", "demo.num_classes=3", "--set", "demo.bg_sweep=false"]
     stdout = run(
-        "demo", "--out", out, "--num-images", 12, *sets, *TINY, *TINY_AFF, *TINY_SEG, *SCALES
+        "demo",
+        "--out",
+        out,
+        "--num-images",
+        12,
+        "--seg",
+        *sets,
+        *TINY,
+        *TINY_AFF,
+        *TINY_SEG,
+        *SCALES,
     )
     result = result_of(stdout)
     for key in ("cam_miou", "rw_miou", "rw_crf_miou", "ort_miou", "ort_agreement", "seconds"):
