@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from psa_infer.datasets import DataError, DataSet, check_images
 from psa_train.checkpoint import load_checkpoint, load_state_strict
-from psa_train.common import fit, start_stage
+from psa_train.common import fit, start_stage, world
 from psa_train.config import TrainCamConfig, to_dict
 from psa_train.data import ClsDataset
 
@@ -57,7 +57,9 @@ def train_cam(
     samples = dataset.split(cfg.train_split)
     check_images(samples, f"train_cam.train_split '{cfg.train_split}'")
     train, held = split_holdout(samples, cfg.holdout)
-    (out / HELDOUT_LIST).write_text("".join(f"{s.id}\n" for s in held))
+    main = world()[0] == 0  # under torchrun only rank 0 writes files and says things
+    if main:
+        (out / HELDOUT_LIST).write_text("".join(f"{s.id}\n" for s in held))
     ds = ClsDataset(train, dataset.num_classes, cfg, train=True)
     model = build_cam_model(cfg.backbone, cfg.weights, dataset.num_classes).to(device)
     meta = {
@@ -80,7 +82,7 @@ def train_cam(
 
     select = "heldout_map" if held and cfg.select == "best" else None
     path = fit(model, ds, _cls_step, cfg, out, meta, "cam", resume, progress, validate, select)
-    if held:
+    if held and main:
         report = verdict(out, path)
         (out / VERDICT).write_text(json.dumps(report, indent=2) + "\n")
         if progress or report["verdict"] == "near chance":
