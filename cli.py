@@ -429,9 +429,10 @@ def _finish(stats: dict, what: str) -> None:
     click.echo(json.dumps(stats))
     if stats.get("failed"):
         total = stats["failed"] + stats.get("done", stats.get("labeled", 0))
+        rest = "the others were written" if total > stats["failed"] else "nothing was written"
         click.echo(
             f"Error: {stats['failed']} of {total} images failed {what} (reasons in "
-            f"{stats['failures_file']}); the others were written",
+            f"{stats['failures_file']}); {rest}",
             err=True,
         )
         sys.exit(EXIT_SOME_FAILED)
