@@ -526,6 +526,31 @@ def _finish(stats: dict, what: str) -> None:
 )
 @click.option("--overlay", is_flag=True, help="Also write OUT/overlays/<id>.jpg to look at.")
 @click.option("--overwrite", is_flag=True, help="Relabel images whose label map exists.")
+@click.option(
+    "--engine",
+    type=click.Choice(["local", "ray"]),
+    default="local",
+    show_default=True,
+    help="local: this process; ray: Ray actors (bundle backends; the ray extra).",
+)
+@click.option(
+    "--address",
+    help="--engine ray: the Ray cluster (auto: the one this machine joined; default: start "
+    "a local Ray with ACTORS x THREADS CPUs).",
+)
+@click.option(
+    "--actors",
+    type=click.IntRange(1),
+    default=1,
+    show_default=True,
+    help="--engine ray: actors, each with its own bundle sessions (one GPU each on tensorrt).",
+)
+@click.option(
+    "--threads",
+    type=click.IntRange(1),
+    help="ONNX Runtime and walk threads per labeling process or actor (default: this "
+    "machine's CPUs locally, 1 per actor on Ray).",
+)
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or provider line.")
 @click.option("-v", "--verbose", is_flag=True, help="A line per image (classes, seconds).")
 @fail_fast_option
@@ -552,6 +577,10 @@ def label_cmd(
     class_threshold,
     overlay,
     overwrite,
+    engine,
+    address,
+    actors,
+    threads,
     quiet,
     verbose,
     fail_fast,
@@ -572,18 +601,36 @@ def label_cmd(
     Writes OUT/<id>.png and OUT/labels.jsonl (a record per image: classes by name with their
     scores, pixel shares, size, backend, seconds). stdout gets one JSON summary; progress and
     messages go to stderr, so `psa label … | jq` works.
+
+    --engine ray spreads the images over Ray actors (--actors, --threads each; --address of a
+    cluster) and writes the same files here; a killed actor is restarted by Ray and a re-run
+    skips what is done (docs/scale.md).
     """
     from psa_infer.datasets import resolve_source
     from psa_infer.pipeline import label_items
 
     if classes_opt and predict_classes:
         raise click.UsageError("give --classes or --predict-classes, not both")
-    shard_i_n = _parse_shard(shard)  # before any model is loaded
+    ray = engine == "ray"
+    if ray and backend == "torch":
+        raise click.UsageError(
+            "--engine ray labels with a bundle: --backend onnxruntime or tensorrt --model BUNDLE"
+        )
+    if ray and shard:
+        raise click.UsageError("--engine ray schedules every image itself: drop --shard")
+    if not ray and address:
+        raise click.UsageError("--address is the Ray cluster of --engine ray")
+    shard_i_n = (0, 1) if ray else _parse_shard(shard)  # before any model is loaded
     cfg = _config(
         config_path,
         sets,
         {"label.split": split, "label.crf": crf, "label.pairs": pairs, "label.device": device},
     )
+    if threads is not None and backend == "torch":
+        raise click.UsageError("--threads: bundle backends (onnxruntime, tensorrt)")
+    if threads is not None and not ray:
+        os.environ["PSA_RW_THREADS"] = str(threads)  # the walk's, like ONNX Runtime's
+    opened = None
     if backend == "torch":
         if not (cam_ckpt and aff_ckpt) or bundle:
             raise click.UsageError(
@@ -603,16 +650,34 @@ def label_cmd(
             raise click.UsageError(
                 f"--backend {backend} needs --model BUNDLE (from psa export) and no --cam/--aff"
             )
-        from psa_infer.bundle import open_bundle
+        from psa_infer.bundle import load_meta, model_entries, open_bundle
 
         ort = backend == "onnxruntime"
         providers, gpu = _ort_providers(cfg.label.device) if ort else ("auto", None)
-        opened = open_bundle(bundle, backend, providers, walk, precision=precision, device_id=gpu)
-        labeler, meta = opened.labeler, opened.meta
-        used = sorted(set(opened.providers.values()))
-        if not quiet:
-            graphs = "" if precision == "fp32" else f"; {precision} graphs"
-            click.echo(f"{backend}: {', '.join(used)}; walk: {opened.walk}{graphs}", err=True)
+        if ray:  # the actors open the bundle; here only what it says
+            from psa_infer.ray_engine import BundleOpener
+
+            meta = load_meta(bundle)
+            model_entries(meta, precision, bundle)  # the variant exists
+            # One GPU per actor where the models run on one; Ray sets CUDA_VISIBLE_DEVICES,
+            # so the actor's device is its GPU 0.
+            on_gpu = backend == "tensorrt" or str(cfg.label.device).startswith("cuda")
+            opener = BundleOpener(
+                str(Path(bundle).resolve()),
+                backend,
+                providers if isinstance(providers, str) else tuple(providers),
+                walk,
+                precision,
+            )
+        else:
+            opened = open_bundle(
+                bundle, backend, providers, walk, threads, precision=precision, device_id=gpu
+            )
+            labeler, meta = opened.labeler, opened.meta
+            used = sorted(set(opened.providers.values()))
+            if not quiet:
+                graphs = "" if precision == "fp32" else f"; {precision} graphs"
+                click.echo(f"{backend}: {', '.join(used)}; walk: {opened.walk}{graphs}", err=True)
     try:
         if backend != "torch" and pairs and pairs != meta["pairs"]:
             raise click.UsageError(
@@ -628,25 +693,53 @@ def label_cmd(
             predict_classes,
         )
         thresholds = _class_thresholds(class_threshold, meta, cfg.label.class_threshold)
-        stats = label_items(
-            labeler,
-            items,
-            out,
-            crf=cfg.label.crf,
-            class_threshold=thresholds,
-            cam_dir=cam_dir,
-            num_classes=len(meta["classes"]) - 1,
-            shard=shard_i_n,
-            fail_fast=fail_fast,
-            class_names=meta["classes"],
-            info={"backend": backend, "walk": "numpy" if backend == "torch" else opened.walk},
-            overwrite=overwrite,
-            overlay=overlay,
-            progress=not quiet,
-            verbose=verbose,
-        )
+        if ray:
+            from psa_infer.pipeline import LabelJob
+            from psa_infer.ray_engine import label_on_ray
+
+            job = LabelJob(
+                Path(out),
+                cfg.label.crf,
+                thresholds,
+                cam_dir,
+                len(meta["classes"]) - 1,
+                meta["classes"],
+                {"backend": backend, "walk": walk},  # each actor puts in the walk it runs
+                overwrite,
+                overlay,
+            )
+            stats = label_on_ray(
+                opener,
+                job,
+                items,
+                actors=actors,
+                threads=threads or 1,
+                gpus=1 if on_gpu else 0,
+                address=address,
+                fail_fast=fail_fast,
+                progress=not quiet,
+                verbose=verbose,
+            )
+        else:
+            stats = label_items(
+                labeler,
+                items,
+                out,
+                crf=cfg.label.crf,
+                class_threshold=thresholds,
+                cam_dir=cam_dir,
+                num_classes=len(meta["classes"]) - 1,
+                shard=shard_i_n,
+                fail_fast=fail_fast,
+                class_names=meta["classes"],
+                info={"backend": backend, "walk": "numpy" if backend == "torch" else opened.walk},
+                overwrite=overwrite,
+                overlay=overlay,
+                progress=not quiet,
+                verbose=verbose,
+            )
     finally:
-        if backend != "torch":
+        if opened is not None:
             opened.close()  # device memory and sessions, before the interpreter tears down
     if stats["skipped"] and not quiet:
         click.echo(

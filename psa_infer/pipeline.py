@@ -336,8 +336,9 @@ class _Records:
     torn lines dropped) and rewritten atomically at the end, so a kill at any point and a re-run
     leave one record per image."""
 
-    def __init__(self, path) -> None:
+    def __init__(self, path, order: Sequence[str] = ()) -> None:
         self.path = path
+        self.order = {sid: k for k, sid in enumerate(order)}  # ids' rank in the final file
         self.rows: dict[str, dict] = {}
         if path.exists():
             for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
@@ -365,9 +366,128 @@ class _Records:
         if self.file is not None:
             self.file.close()
         if self.rows:
+            # In the run's order of samples (any engine, any completion order), earlier rows
+            # of ids not in this run after them as they were.
+            ranked = sorted(
+                enumerate(self.rows.values()),
+                key=lambda kr: self.order.get(kr[1]["id"], len(self.order) + kr[0]),
+            )
             tmp = atomic_path(self.path)
-            tmp.write_text("".join(json.dumps(r) + "\n" for r in self.rows.values()), "utf-8")
+            tmp.write_text("".join(json.dumps(r) + "\n" for _, r in ranked), "utf-8")
             os.replace(tmp, self.path)
+
+
+@dataclass(frozen=True)
+class Labeled:
+    """What labeling one sample produced, before anything is written: the label map and its
+    ``labels.jsonl`` record, the overlay picture if one was asked for; ``label`` and ``record``
+    are None when only a missing overlay was made (the label map existed)."""
+
+    label: np.ndarray | None
+    record: dict | None
+    overlay: np.ndarray | None = None
+
+
+@dataclass
+class LabelJob:
+    """Labeling as a run does it, split where the work can move: ``compute`` needs the Labeler
+    (in this process, or in a Ray actor: ``psa_infer.ray_engine``), ``write`` the output folder
+    (always the driving process). Both engines therefore write the same files.
+
+    ``class_threshold``: one, or one per class, for samples whose classes are predicted;
+    ``cam_dir``: CAMs from make-cam to reuse; ``info``: extra keys of every record (backend,
+    walk); ``overlay``: also ``out_dir/overlays/<id>.jpg``; ``overwrite``: relabel what exists.
+    """
+
+    out_dir: Path
+    crf: bool = False
+    class_threshold: float | Sequence[float] = 0.5
+    cam_dir: Path | None = None
+    num_classes: int | None = None
+    class_names: Sequence[str] | None = None
+    info: dict | None = None
+    overwrite: bool = False
+    overlay: bool = False
+
+    def __post_init__(self) -> None:
+        self.out_dir = Path(self.out_dir)
+        if self.overlay and not self.class_names:
+            raise PsaError("overlays need the class names (class_names)")
+
+    def label_path(self, s: Sample) -> Path:
+        from psa_infer.datasets import output_path
+
+        return output_path(self.out_dir, s.id, ".png")
+
+    def overlay_path(self, s: Sample) -> Path:
+        from psa_infer.datasets import output_path
+
+        return output_path(self.out_dir / "overlays", s.id, ".jpg")
+
+    def is_done(self, s: Sample) -> bool:
+        if self.overwrite or not self.label_path(s).exists():
+            return False
+        return not self.overlay or self.overlay_path(s).exists()
+
+    def compute(self, labeler: Labeler, s: Sample) -> Labeled:
+        """Read, label and (with ``overlay``) draw one sample; raises DataError/ArtifactError
+        about its own files."""
+        from psa_infer.artifacts import load_cam
+        from psa_infer.datasets import load_image
+        from psa_infer.visualize import overlay
+
+        t0 = time.perf_counter()
+        img = load_image(s.image)
+        names = list(self.class_names) if self.class_names else None
+        done = self.label_path(s)
+        if not self.overwrite and done.exists():  # labeled before, its overlay asked for now
+            from psa_infer.palette import load_label_png
+
+            return Labeled(None, None, overlay(img, load_label_png(done), names))
+        classes, scores = s.labels, None
+        if classes is None:
+            scores = labeler.class_scores(img)
+            classes = classes_above(scores, self.class_threshold)
+        cams = None
+        cam_file = Path(self.cam_dir) / f"{s.id}.npz" if self.cam_dir is not None else None
+        if cam_file is not None and cam_file.exists():
+            cams, keys = load_cam(cam_file, self.num_classes, img.shape[:2])
+            if tuple(keys.tolist()) != tuple(sorted(classes)):
+                cams = None  # saved for other classes: recompute
+        label = labeler.label(img, classes, cams, self.crf)
+        picture = overlay(img, label, names) if self.overlay else None
+        seconds = round(time.perf_counter() - t0, 4)
+        extra = {**(self.info or {}), "crf": self.crf, "seconds": seconds}
+        return Labeled(label, label_record(s, label, classes, names, scores, **extra), picture)
+
+    def write(self, s: Sample, result: Labeled, records: _Records, verbose: bool = False) -> None:
+        """Write what ``compute`` made: overlay, record, then the label map (a map on disk
+        always has its record, and a finished map marks the sample done)."""
+        from tqdm import tqdm
+
+        from psa_infer.palette import save_label_png
+        from psa_infer.visualize import save_picture
+
+        if result.overlay is not None:
+            save_picture(self.overlay_path(s), result.overlay)
+        if result.label is None:
+            return
+        records.add(result.record)
+        save_label_png(self.label_path(s), result.label)
+        if verbose:
+            found = ", ".join(c["name"] for c in result.record["classes"]) or "background only"
+            tqdm.write(f"{s.id}: {found} ({result.record['seconds']:.2f} s)", file=sys.stderr)
+
+
+def shard_outputs(shard: tuple[int, int]) -> tuple[str, str]:
+    """The records and failures file names of shard ``(i, n)``: processes sharing a folder
+    never write the same file."""
+    from psa_infer.runs import FAILURES
+
+    i, n = shard
+    if n == 1:
+        return RECORDS, FAILURES
+    return f"labels.{i}of{n}.jsonl", f"failures.{i}of{n}.jsonl"
 
 
 def label_items(
@@ -397,80 +517,49 @@ def label_items(
     walk); ``overlay`` also writes ``out_dir/overlays/<id>.jpg`` for people;
     ``overwrite`` relabels images already done. Returns counts (labeled, skipped, failed).
     """
-    from pathlib import Path
+    from psa_infer.runs import run_items
 
-    from tqdm import tqdm
-
-    from psa_infer.artifacts import load_cam
-    from psa_infer.datasets import load_image, output_path
-    from psa_infer.palette import save_label_png
-    from psa_infer.runs import FAILURES, run_items
-
-    out_dir = Path(out_dir)
+    job = LabelJob(
+        Path(out_dir),
+        crf,
+        class_threshold,
+        cam_dir,
+        num_classes,
+        class_names,
+        info,
+        overwrite,
+        overlay,
+    )
     i, n = shard
     mine = list(items)[i::n]
-    suffix = "" if n == 1 else f".{i}of{n}"
-    records = _Records(out_dir / (RECORDS if n == 1 else f"labels{suffix}.jsonl"))
-    names = list(class_names) if class_names else None
-    if overlay and names is None:
-        raise PsaError("overlays need the class names (class_names)")
-
+    records_name, failures_name = shard_outputs(shard)
+    records = _Records(job.out_dir / records_name, order=[s.id for s in mine])
     overlays_only: list[str] = []
 
-    def overlay_path(s: Sample) -> Path:
-        return output_path(out_dir / "overlays", s.id, ".jpg")
-
-    def is_done(s: Sample) -> bool:
-        if overwrite or not output_path(out_dir, s.id, ".png").exists():
-            return False
-        return not overlay or overlay_path(s).exists()
-
     def work(s: Sample) -> None:
-        t0 = time.perf_counter()
-        img = load_image(s.image)
-        done = output_path(out_dir, s.id, ".png")
-        if not overwrite and done.exists():  # labeled before, its overlay asked for now
-            from psa_infer.palette import load_label_png
-            from psa_infer.visualize import save_overlay
-
-            save_overlay(overlay_path(s), img, load_label_png(done), names)
+        result = job.compute(labeler, s)
+        if result.label is None:
             overlays_only.append(s.id)
-            return
-        classes, scores = s.labels, None
-        if classes is None:
-            scores = labeler.class_scores(img)
-            classes = classes_above(scores, class_threshold)
-        cams = None
-        if cam_dir is not None and (Path(cam_dir) / f"{s.id}.npz").exists():
-            cams, keys = load_cam(Path(cam_dir) / f"{s.id}.npz", num_classes, img.shape[:2])
-            if tuple(keys.tolist()) != tuple(sorted(classes)):
-                cams = None  # saved for other classes: recompute
-        label = labeler.label(img, classes, cams, crf)
-        if overlay:
-            from psa_infer.visualize import save_overlay
-
-            save_overlay(overlay_path(s), img, label, names)
-        extra = {**(info or {}), "crf": crf, "seconds": round(time.perf_counter() - t0, 4)}
-        row = label_record(s, label, classes, names, scores, **extra)
-        records.add(row)  # before the label map: a map on disk always has its record
-        save_label_png(output_path(out_dir, s.id, ".png"), label)
-        if verbose:
-            found = ", ".join(c["name"] for c in row["classes"]) or "background only"
-            tqdm.write(f"{s.id}: {found} ({row['seconds']:.2f} s)", file=sys.stderr)
+        job.write(s, result, records, verbose)
 
     try:
         stats = run_items(
             mine,
-            out_dir,
-            is_done,
+            job.out_dir,
+            job.is_done,
             work,
             desc="label",
             fail_fast=fail_fast,
             progress=progress,
-            failures_name=FAILURES if n == 1 else f"failures{suffix}.jsonl",
+            failures_name=failures_name,
         )
     finally:
         records.close()
+    return finish_stats(stats, records, len(overlays_only))
+
+
+def finish_stats(stats: dict, records: _Records, overlays_only: int) -> dict:
+    """``run_items``' counts as a labeling run reports them."""
     stats["records_file"] = str(records.path) if records.rows else None
-    labeled = stats.pop("done") - len(overlays_only)
-    return {"labeled": labeled, **stats, "overlays_added": len(overlays_only)}
+    labeled = stats.pop("done") - overlays_only
+    return {"labeled": labeled, **stats, "overlays_added": overlays_only}

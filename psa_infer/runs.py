@@ -65,18 +65,24 @@ def run_items(
             continue
         done += 1
     seconds = time.perf_counter() - t0
-    path = out_dir / failures_name
-    if failures:
-        tmp = atomic_path(path)
-        tmp.write_text("".join(json.dumps(f) + "\n" for f in failures), encoding="utf-8")
-        os.replace(tmp, path)
-    elif path.exists():
-        path.unlink()
     return {
         "done": done,
         "skipped": skipped,
         "failed": len(failures),
-        "failures_file": str(path) if failures else None,
+        "failures_file": write_failures(out_dir / failures_name, failures),
         "seconds": seconds,
         "seconds_per_image": seconds / max(done, 1),
     }
+
+
+def write_failures(path: Path, failures: Sequence[dict]) -> str | None:
+    """Write ``failures`` (``{"id", "image", "error"}`` each) to ``path`` atomically and return
+    it; with none, remove an older file of an earlier run and return None."""
+    if failures:
+        tmp = atomic_path(path)
+        tmp.write_text("".join(json.dumps(f) + "\n" for f in failures), encoding="utf-8")
+        os.replace(tmp, path)
+        return str(path)
+    if path.exists():
+        path.unlink()
+    return None
