@@ -628,9 +628,8 @@ def label_cmd(
     )
     if threads is not None and backend == "torch":
         raise click.UsageError("--threads: bundle backends (onnxruntime, tensorrt)")
-    if threads is not None and not ray:
-        os.environ["PSA_RW_THREADS"] = str(threads)  # the walk's, like ONNX Runtime's
     opened = None
+    walk_threads = os.environ.get("PSA_RW_THREADS")
     if backend == "torch":
         if not (cam_ckpt and aff_ckpt) or bundle:
             raise click.UsageError(
@@ -679,6 +678,8 @@ def label_cmd(
                 graphs = "" if precision == "fp32" else f"; {precision} graphs"
                 click.echo(f"{backend}: {', '.join(used)}; walk: {opened.walk}{graphs}", err=True)
     try:
+        if threads is not None and not ray:
+            os.environ["PSA_RW_THREADS"] = str(threads)  # the walk's, like ONNX Runtime's
         if backend != "torch" and pairs and pairs != meta["pairs"]:
             raise click.UsageError(
                 f"--pairs {pairs}: the bundle was exported with pairs={meta['pairs']}; "
@@ -741,6 +742,10 @@ def label_cmd(
     finally:
         if opened is not None:
             opened.close()  # device memory and sessions, before the interpreter tears down
+        if threads is not None and not ray:  # as it was (a library caller's process goes on)
+            os.environ.pop("PSA_RW_THREADS", None)
+            if walk_threads is not None:
+                os.environ["PSA_RW_THREADS"] = walk_threads
     if stats["skipped"] and not quiet:
         click.echo(
             f"skipped {stats['skipped']} images labeled before (--overwrite relabels them)",

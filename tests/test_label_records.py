@@ -197,3 +197,24 @@ def test_overlay_on_a_rerun_draws_the_existing_labels(tiny_bundle, photos, tmp_p
     assert {p.name: p.read_bytes() for p in out.glob("*.png")} == maps  # not relabeled
     r = label(tiny_bundle, photos, out, "--predict-classes", "-q", "--overlay")
     assert json.loads(r.stdout)["skipped"] == 3
+
+
+def test_threads_give_the_same_labels_and_leave_the_environment_as_it_was(
+    tiny_bundle, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("PSA_RW_THREADS", "2")
+    data = ["--split", "val", "-q"]
+    one = label(tiny_bundle, tiny_bundle.data, tmp_path / "one", *data, "--threads", "1")
+    assert one.exit_code == 0, one.stderr
+    assert sys.modules["os"].environ["PSA_RW_THREADS"] == "2"  # restored after the run
+    two = label(tiny_bundle, tiny_bundle.data, tmp_path / "two", *data)
+    assert two.exit_code == 0, two.stderr
+    maps = sorted(p.name for p in (tmp_path / "one").glob("*.png"))
+    assert maps and maps == sorted(p.name for p in (tmp_path / "two").glob("*.png"))
+    for name in maps:
+        assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes()
+    torch = ["--cam", str(tiny_bundle.cam), "--aff", str(tiny_bundle.aff), "--threads", "1"]
+    r = CliRunner().invoke(
+        main, ["label", str(tiny_bundle.data), "-o", str(tmp_path / "t"), *torch]
+    )
+    assert r.exit_code == 2 and "--threads: bundle backends" in r.stderr
