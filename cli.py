@@ -884,20 +884,21 @@ def export_cmd(
     """
     from export.bundle import VERIFY_REPORT, export_bundle
     from export.precision import parse_precisions
-    from export.verify import VerifyError, format_report, verify_images
+    from export.verify import VerifyError, format_report, verify_images, verify_truth
     from psa_infer.bundle import load_meta
 
     chosen = parse_precisions(precisions)
     if "int8" in chosen and not calib_source:
         raise click.UsageError("--precision int8 needs --calib IMAGES (training images)")
     cfg = _config(config_path, sets, {})
-    images = calib = None
+    images = calib = truth = None
     if verify_source or calib_source:
         from psa_train.checkpoint import load_checkpoint
 
         _, ckpt_meta = load_checkpoint(cam_ckpt, kind="cam")
     if verify_source:
         images = verify_images(verify_source, ckpt_meta["classes"], cfg.eval.split, verify_limit)
+        truth = verify_truth(verify_source, ckpt_meta["classes"], cfg.eval.split)
     if calib_source and "int8" in chosen:
         calib = verify_images(calib_source, ckpt_meta["classes"], cfg.make_cam.split, calib_limit)
     try:
@@ -909,6 +910,7 @@ def export_cmd(
             cfg.make_cam,
             opset=opset,
             verify_images=images,
+            verify_truth=truth,
             aff_labels_cfg=cfg.aff_labels,
             precisions=chosen,
             calib_images=calib,

@@ -81,13 +81,15 @@ def export_bundle(
     exporter: str = "torchscript",
     precisions: Sequence[str] = ("fp32",),
     calib_images: Sequence[Sample] | None = None,
+    verify_truth=None,
 ) -> Path:
     """Export a CAM and an affinity checkpoint to a bundle at ``out_dir``; returns its path.
 
     ``label_cfg`` gives the walk (alpha, beta, 2**logt steps, radius, pairs), ``make_cam_cfg``
     the scales and flip; ``aff_labels_cfg`` the low/high alphas recorded for reference.
     ``verify_images`` (``Sample``s, from ``export.verify.verify_images``): run the parity
-    ladder on the finished bundle and keep its report as ``verify.json``; a failed check raises
+    ladder on the finished bundle (mIoU against ``verify_truth(sample)``, default the samples'
+    mask PNGs) and keep its report as ``verify.json``; a failed check raises
     ``export.verify.VerifyError`` and leaves ``out_dir`` as it was. ``precisions``: besides the
     float32 graphs, write the "fp16" / "int8" variants of cam.onnx and aff.onnx
     (``export/precision.py``; INT8 calibrated on ``calib_images``, training images) and put
@@ -159,7 +161,7 @@ def export_bundle(
         if verify_images:
             from export.verify import check_report, verify_bundle
 
-            report = verify_bundle(stage, cam_ckpt, aff_ckpt, verify_images)
+            report = verify_bundle(stage, cam_ckpt, aff_ckpt, verify_images, truth=verify_truth)
             text = json.dumps(report, indent=2) + "\n"
             (stage / VERIFY_REPORT).write_text(text, encoding="utf-8")
             check_report(report)

@@ -92,6 +92,29 @@ def verify_images(
     return found[:limit] if limit else found
 
 
+def verify_truth(source: str | os.PathLike, classes: Sequence[str], split: str = "val"):
+    """The ground truth of the images of ``verify_images(source, classes, split)`` for the
+    ladder's mIoU: ``DataSet.ground_truth`` of a data set (mask PNGs, or COCO annotations
+    rendered), None for images without any."""
+    from psa_infer.datasets import open_dataset
+
+    src = Path(source)
+    if src.is_file() or not is_labeled_set(src):
+        return None
+    ds = open_dataset(src, classes=tuple(classes))
+    ds.split(split)  # reads the split's annotations (COCO)
+
+    def truth(item: Sample) -> np.ndarray | None:
+        return ds.ground_truth(item) if ds.has_ground_truth(item) else None
+
+    return truth
+
+
+def _mask_truth(item: Sample) -> np.ndarray | None:
+    """The ladder's default ground truth: the sample's mask PNG, if it has one."""
+    return load_label_png(item.mask) if item.mask is not None else None
+
+
 class _Tally:
     """What the ladder accumulates over the images."""
 
@@ -111,12 +134,11 @@ class _Tally:
             self.diff[what] = max(self.diff[what], float(np.abs(ref - got).max()))
             self.scale[what] = max(self.scale[what], float(np.abs(ref).max()))
 
-    def labels(self, label_t: np.ndarray, label_b: np.ndarray, mask: Path | None) -> None:
+    def labels(self, label_t: np.ndarray, label_b: np.ndarray, gt: np.ndarray | None) -> None:
         same = int((label_t == label_b).sum())
         self.same, self.pixels = self.same + same, self.pixels + label_t.size
         self.worst = min(self.worst, 100.0 * same / label_t.size)
-        if mask is not None:
-            gt = load_label_png(mask)
+        if gt is not None:
             n = len(self.conf["t"])
             self.conf["t"] += confusion(gt, label_t, n)
             self.conf["b"] += confusion(gt, label_b, n)
@@ -124,7 +146,7 @@ class _Tally:
 
 
 def _compare(
-    t: Labeler, b: Labeler, item: Sample, threshold: float, tally: _Tally
+    t: Labeler, b: Labeler, item: Sample, gt, threshold: float, tally: _Tally
 ) -> tuple[tuple[int, ...], np.ndarray, np.ndarray]:
     """Every rung on one image: ``t`` the torch labeler, ``b`` the bundle's.
 
@@ -148,12 +170,12 @@ def _compare(
     walked = walk_scores(cams, feats, b.walk_params)
     tally.raw("walked", walked, walk_scores(cams, feats, b.walk_params, b.walk))
     label_b = b.label(img, keys)
-    tally.labels(t.label(img, keys, cams=cams), label_b, item.mask)
+    tally.labels(t.label(img, keys, cams=cams), label_b, gt)
     return keys, img, label_b
 
 
 def _compare_variant(
-    b: Labeler, v: Labeler, img: np.ndarray, keys, label_b: np.ndarray, mask, tally: _Tally
+    b: Labeler, v: Labeler, img: np.ndarray, keys, label_b: np.ndarray, gt, tally: _Tally
 ) -> None:
     """The variant rungs on one image: ``b`` the float32 graphs, ``v`` a precision variant."""
     x = normalize_image(img, b.mean, b.std)[None]
@@ -161,7 +183,7 @@ def _compare_variant(
     for batch in scaled_inputs(img, b.scales, b.mean, b.std, b.flip):
         tally.raw("cams", b.cam_forward(batch), v.cam_forward(batch))
     tally.raw("features", b.features(img), v.features(img))
-    tally.labels(label_b, v.label(img, keys), mask)
+    tally.labels(label_b, v.label(img, keys), gt)
 
 
 def _variant_report(tally: _Tally, precision: str, targets: dict) -> dict:
@@ -197,8 +219,12 @@ def verify_bundle(
     tolerance: dict[str, float] | None = None,
     min_agreement: float = MIN_AGREEMENT,
     variant_targets: dict[str, dict] | None = None,
+    truth=None,
 ) -> dict:
     """Run the ladder on ``images``; returns the report (``format_report`` prints it).
+
+    ``truth(sample)``: its ground truth for the mIoU rungs, or None (``verify_truth``; default:
+    the sample's mask PNG).
 
     Both sides run on the CPU. Images without classes are labeled with the classes the torch
     classifier predicts above ``class_threshold`` (its top class when none does, so that the
@@ -238,10 +264,12 @@ def verify_bundle(
         )
         tally = _Tally(len(meta["classes"]))
         v_tally = {p: _Tally(len(meta["classes"])) for p in variants}
+        truth = truth or _mask_truth
         for item in images:
-            keys, img, label_b = _compare(t, b, item, class_threshold, tally)
+            gt = truth(item)
+            keys, img, label_b = _compare(t, b, item, gt, class_threshold, tally)
             for p, v in variants.items():
-                _compare_variant(b, v, img, keys, label_b, item.mask, v_tally[p])
+                _compare_variant(b, v, img, keys, label_b, gt, v_tally[p])
         provider = bundle.providers["cam"]
     agreement = 100.0 * tally.same / tally.pixels
     miou = None

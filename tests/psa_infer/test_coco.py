@@ -294,6 +294,32 @@ def test_label_on_a_coco_set_with_a_tiny_model_then_eval_and_show(coco_root, tmp
         np.testing.assert_array_equal(row.truth, ds.ground_truth(s))
 
 
+def test_export_verify_on_a_coco_set_scores_miou_against_its_annotations(coco_root, tmp_path):
+    """The ladder's mIoU rungs read the annotations rendered, as eval does (not mask PNGs)."""
+    pytest.importorskip("torch")
+    import torch
+
+    from psa_train.checkpoint import save_checkpoint
+    from psa_train.train_aff import build_aff_model
+    from psa_train.train_cam import build_cam_model
+
+    torch.manual_seed(0)
+    meta = {"backbone": "tiny", "classes": list(CLASSES), "mean": [0.5] * 3, "std": [0.25] * 3}
+    cam = save_checkpoint(
+        tmp_path / "cam", build_cam_model("tiny", None, 3).state_dict(), {**meta, "kind": "cam"}
+    )
+    aff = save_checkpoint(
+        tmp_path / "aff", build_aff_model("tiny", None).state_dict(), {**meta, "kind": "aff"}
+    )
+    out = tmp_path / "bundle"
+    args = ["--cam", cam, "--aff", aff, "-o", out, "--verify", coco_root]
+    r = invoke("export", *args, "--set", "eval.split=val2014", "--set", "make_cam.scales=[1.0]")
+    assert r.exit_code == 0, r.output
+    report = json.loads((out / "verify.json").read_text())
+    assert report["images"] == 5
+    assert report["miou"] is not None and report["miou"]["images"] == 5
+
+
 def test_the_walk_runs_only_the_present_classes_of_an_80_class_model():
     """COCO's 80 classes: an image with 2 of them walks 1 + 2 channels, not 81."""
     from psa_infer.pipeline import Labeler
