@@ -426,6 +426,9 @@ class TrainSegConfig(_Stage):
     head_rates: tuple[int, ...] = (2, 4, 8, 12)
     head_width: int = 256  # channels of each branch's dilated conv
     head_dropout: float = 0.5
+    # DeepLab v3's image-level branch (``SegNet``): the whole image's features added to each
+    # cell's, for classes told apart by a part that a cell's receptive field may not reach.
+    head_context: bool = False
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     train_split: str = "train"
@@ -444,6 +447,7 @@ class TrainSegConfig(_Stage):
         "head_rates": Each(Int(1, 64), nonempty=True, distinct=True),
         "head_width": Int(1, 4096),
         "head_dropout": Real(ge=0, lt=1),  # 1 would zero every feature
+        "head_context": BOOL,
         "mean": Each(UNIT),
         "std": Each(POSITIVE),
     }

@@ -93,7 +93,10 @@ class SegNet(nn.Module):
     MobileNetV2's 1280 channels a 3×3 conv per branch would cost 7x the backbone); then per
     dilation rate r of ``rates`` a branch 3×3 conv (dilation r) → ReLU → Dropout2d → 1×1 conv
     to the K+1 class scores, and the branches' scores are summed: one rate is DeepLab's
-    LargeFOV, several are DeepLab v2's ASPP.
+    LargeFOV, several are DeepLab v2's ASPP. ``context`` adds DeepLab v3's image-level branch:
+    the high level averaged over the whole image, through a 1×1 conv + ReLU, added to every
+    cell of the reduced features, so that a cell far from an object's telling part still knows
+    which classes the image holds.
     ``forward`` upsamples the stride-8 scores bilinearly to the input size (the loss is taken
     there, and the exported graph gives image-size logits), ``scores`` keeps them at stride 8.
     """
@@ -105,6 +108,7 @@ class SegNet(nn.Module):
         rates: tuple[int, ...] = (2, 4, 8, 12),
         width: int = 256,
         dropout: float = 0.5,
+        context: bool = False,
     ) -> None:
         super().__init__()
         if not rates or min(rates) < 1 or width < 1:
@@ -117,6 +121,11 @@ class SegNet(nn.Module):
         self.reduce = nn.Sequential(
             nn.Conv2d(backbone.channels[2], width, 1), nn.ReLU(inplace=True)
         )
+        self.context = (
+            nn.Sequential(nn.Conv2d(backbone.channels[2], width, 1), nn.ReLU(inplace=True))
+            if context
+            else None
+        )
         self.branches = nn.ModuleList(
             nn.Sequential(
                 nn.Conv2d(width, width, 3, padding=r, dilation=r),
@@ -126,7 +135,8 @@ class SegNet(nn.Module):
             )
             for r in self.rates
         )
-        for m in [*self.reduce.modules(), *self.branches.modules()]:
+        extra = [*self.context.modules()] if self.context is not None else []
+        for m in [*self.reduce.modules(), *extra, *self.branches.modules()]:
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
                 nn.init.zeros_(m.bias)
@@ -135,7 +145,10 @@ class SegNet(nn.Module):
 
     def scores(self, x: Tensor) -> Tensor:
         """x (B, 3, H, W) float32 → logits (B, K+1, ceil(H/8), ceil(W/8)) float32."""
-        high = self.reduce(self.backbone(x)[2])
+        features = self.backbone(x)[2]
+        high = self.reduce(features)
+        if self.context is not None:
+            high = high + self.context(features.mean(dim=(2, 3), keepdim=True))
         out = self.branches[0](high)
         for b in self.branches[1:]:
             out = out + b(high)

@@ -35,7 +35,8 @@ from psa_train.data import (
 
 
 def build_seg_model(backbone: str, weights: str | None, num_classes: int, head: dict):
-    """The segmentation network; ``head`` = {"rates", "width", "dropout"} (the checkpoint's)."""
+    """The segmentation network; ``head`` = {"rates", "width", "dropout", "context"} (the
+    checkpoint's; one written before ``context`` existed has none)."""
     from psa_train.backbones import build_backbone
     from psa_train.networks import SegNet
 
@@ -45,6 +46,7 @@ def build_seg_model(backbone: str, weights: str | None, num_classes: int, head: 
         tuple(head["rates"]),
         int(head["width"]),
         float(head["dropout"]),
+        bool(head.get("context", False)),
     )
 
 
@@ -118,6 +120,7 @@ def train_seg(
         "rates": list(cfg.head_rates),
         "width": cfg.head_width,
         "dropout": cfg.head_dropout,
+        "context": cfg.head_context,
     }
     model = build_seg_model(cfg.backbone, cfg.weights, dataset.num_classes, head).to(device)
     meta = {

@@ -31,7 +31,8 @@ def seg(tmp_path_factory):
     root = tmp_path_factory.mktemp("seg")
     write_voc(root / "voc")
     torch.manual_seed(0)
-    head = {"rates": [1, 2], "width": 8, "dropout": 0.5}
+    # With the image-level branch: its global mean must export with dynamic H×W too.
+    head = {"rates": [1, 2], "width": 8, "dropout": 0.5, "context": True}
     net = build_seg_model("tiny", None, 2, head)
     meta = {
         "kind": "seg",

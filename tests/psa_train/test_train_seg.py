@@ -57,6 +57,24 @@ def test_segnet_gives_image_size_logits_and_stride8_scores(size):
     assert torch.isfinite(logits).all()
 
 
+def test_the_context_branch_gives_every_cell_what_the_whole_image_holds():
+    """With ``context`` a change far away (outside every cell's window of a 1-rate head on a
+    backbone whose features are local) reaches a cell's scores; without it it does not."""
+    torch.manual_seed(0)
+    backbone = build_backbone("tiny", None)
+    with_ctx = SegNet(backbone, 2, rates=(1,), width=8, context=True).eval()
+    without = SegNet(backbone, 2, rates=(1,), width=8, context=False).eval()
+    x = torch.randn(1, 3, 256, 256)
+    y = x.clone()
+    y[:, :, 200:, 200:] += 3.0  # the far corner only
+    with torch.no_grad():
+        assert torch.equal(without.scores(x)[..., 0, 0], without.scores(y)[..., 0, 0])
+        assert not torch.allclose(with_ctx.scores(x)[..., 0, 0], with_ctx.scores(y)[..., 0, 0])
+    assert {id(p) for p in with_ctx.context.parameters()} <= {
+        id(p) for g in param_groups(with_ctx, 0.01, 5e-4)[2:] for p in g["params"]
+    }  # a new layer: trained at the head's rate
+
+
 def test_head_is_new_backbone_pretrained_and_both_learn():
     net = SegNet(build_backbone("tiny", None), 2, rates=(1, 2), width=8)
     groups = {g["name"]: g for g in param_groups(net, 0.01, 5e-4)}
@@ -96,7 +114,7 @@ def test_training_on_ground_truth_reduces_the_loss(voc, tmp_path):
     assert rows[-1]["train_loss"] < 0.8 * rows[0]["train_loss"]
     net, meta = load_seg_model(path)
     assert meta["kind"] == "seg" and meta["labels"] == "ground truth"
-    assert meta["head"] == {"rates": [1, 2], "width": 8, "dropout": 0.5}
+    assert meta["head"] == {"rates": [1, 2], "width": 8, "dropout": 0.5, "context": False}
     assert json.loads((tmp_path / "seg" / "seg.json").read_text())["epoch"] == 8
 
 
