@@ -18,9 +18,11 @@ from export.bundle import export_bundle
 from export.precision import (
     Int8Recipe,
     PrecisionError,
+    equalize_depthwise,
     int8_form_problems,
     keep_float_nodes,
     parse_precisions,
+    to_int8,
 )
 from export.trt_ops import unsupported_nodes
 from export.verify import check_report, format_report, verify_bundle, verify_images
@@ -108,11 +110,118 @@ def test_int8_form_check_names_what_tensorrt_would_not_read():
     assert any("int32" in p for p in int8_form_problems(_q_model(0, np.int8, 0, True)))
 
 
+def _mobile_block(seed: int = 0) -> onnx.ModelProto:
+    """MobileNetV2's pattern at toy size: 1×1 conv → ReLU6 → 3×3 depthwise conv → ReLU6 → 1×1
+    conv, with one depthwise channel ~100× smaller than the others."""
+    h = onnx.helper
+    rng = np.random.default_rng(seed)
+    dw = rng.normal(size=(6, 1, 3, 3)).astype(np.float32)
+    dw[2] *= 0.01
+    inits = [
+        numpy_helper.from_array(rng.normal(size=(6, 4, 1, 1)).astype(np.float32), "w1"),
+        numpy_helper.from_array(dw, "w2"),
+        numpy_helper.from_array(rng.normal(size=6).astype(np.float32), "b2"),
+        numpy_helper.from_array(rng.normal(size=(3, 6, 1, 1)).astype(np.float32), "w3"),
+    ]
+    six = [h.make_node("Constant", [], [f"c{i}"], value=h.make_tensor(f"t{i}", 1, [], [v]))
+           for i, v in enumerate((0.0, 6.0, 0.0, 6.0))]  # fmt: skip
+    nodes = [
+        *six,
+        h.make_node("Conv", ["x", "w1"], ["a"], name="expand"),
+        h.make_node("Clip", ["a", "c0", "c1"], ["a6"], name="relu6_a"),
+        h.make_node("Conv", ["a6", "w2", "b2"], ["d"], name="dw", group=6, pads=[1] * 4),
+        h.make_node("Clip", ["d", "c2", "c3"], ["d6"], name="relu6_d"),
+        h.make_node("Conv", ["d6", "w3"], ["y"], name="project"),
+    ]
+    x = h.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 4, 8, 8])
+    y = h.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 3, 8, 8])
+    model = h.make_model(h.make_graph(nodes, "block", [x], [y], inits),
+                         opset_imports=[h.make_opsetid("", 17)])  # fmt: skip
+    model.ir_version = 8
+    return model
+
+
+def _run(model: onnx.ModelProto, x: np.ndarray, outputs=("y",)) -> list[np.ndarray]:
+    import onnxruntime as ort
+
+    if set(outputs) - {o.name for o in model.graph.output}:
+        model = onnx.ModelProto.FromString(model.SerializeToString())
+        model.graph.output.extend(onnx.helper.make_empty_tensor_value_info(o) for o in outputs)
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(list(outputs), {"x": x})
+
+
+def test_recipe_options_are_range_checked():
+    for bad, match in [
+        ({"method": "mse"}, "calibration method"),
+        ({"percentile": 0}, r"percentile: expected a number in \(0, 100\]"),
+        ({"percentile": 100.5}, "percentile"),
+        ({"placement": "outputs"}, "placement: expected one of inputs, all"),
+        ({"equalize": 0.5}, r"equalization: expected a factor in \[1, 64\]"),
+        ({"equalize": 65}, "equalization"),
+        ({"equalize": True}, "equalization"),
+    ]:
+        with pytest.raises(PrecisionError, match=match):
+            Int8Recipe(**bad)
+    assert Int8Recipe(equalize=1).record()["equalize"] == 1
+    assert "percentile" not in Int8Recipe(method="entropy").record()
+
+
+def test_equalization_keeps_the_function_and_evens_the_channels():
+    model = _mobile_block()
+    rng = np.random.default_rng(1)
+    xs = [rng.normal(size=(1, 4, 8, 8)).astype(np.float32) for _ in range(4)]
+    batches = {xs[0].shape: xs}
+    eq, count = equalize_depthwise(model, batches, 16.0)
+    assert count == 1
+    onnx.checker.check_model(eq, full_check=True)
+    assert unsupported_nodes(eq) == []
+    ops = [n.op_type for n in eq.graph.node]
+    assert ops.count("Clip") == 1 and "Relu" in ops and "Min" in ops  # the second ReLU6 only
+    assert ops.count("Constant") == 2  # the replaced Clip's bounds are gone with it
+    for x in xs:
+        np.testing.assert_allclose(_run(eq, x)[0], _run(model, x)[0], rtol=1e-5, atol=1e-5)
+    # The small channel is scaled up (by at most 16), the others are not.
+    before = np.max([np.abs(_run(model, x, ["d6"])[0]).max(axis=(0, 2, 3)) for x in xs], 0)
+    after = np.max([np.abs(_run(eq, x, ["d6"])[0]).max(axis=(0, 2, 3)) for x in xs], 0)
+    k = after / before
+    assert 1.0 <= k.min() and k.max() <= 16.0 + 1e-3 and np.argmax(k) == 2
+    assert after.min() / after.max() > before.min() / before.max()
+    unchanged, none = equalize_depthwise(model, batches, 1.0)
+    assert none == 0 and unchanged is model
+
+
+def test_placement_and_depthwise_float_decide_where_qdq_goes(tmp_path):
+    path = tmp_path / "block.onnx"
+    onnx.save_model(_mobile_block(), path)
+    rng = np.random.default_rng(2)
+    batches = {(1, 4, 8, 8): [rng.normal(size=(1, 4, 8, 8)).astype(np.float32) for _ in range(4)]}
+    plain = {"float_first": False, "float_last": False, "equalize": 1.0}
+
+    def conv_outputs_quantized(model):
+        conv_out = {n.output[0] for n in model.graph.node if n.op_type == "Conv"}
+        return {n.input[0] for n in model.graph.node if n.op_type == "QuantizeLinear"} & conv_out
+
+    def int8_weights(model):
+        dq = {n.output[0] for n in model.graph.node if n.op_type == "DequantizeLinear"}
+        return {n.name for n in model.graph.node if n.op_type == "Conv" and n.input[1] in dq}
+
+    every = to_int8(path, batches, Int8Recipe(placement="all", float_depthwise=False, **plain))
+    assert conv_outputs_quantized(every) and int8_weights(every) == {"expand", "dw", "project"}
+    inputs = to_int8(path, batches, Int8Recipe(placement="inputs", **plain))
+    assert not conv_outputs_quantized(inputs) and int8_weights(inputs) == {"expand", "project"}
+    equalized = to_int8(path, batches, Int8Recipe(**{**plain, "equalize": 4.0}))
+    for model in (every, inputs, equalized):
+        assert int8_form_problems(model) == [] and unsupported_nodes(model) == []
+    assert "Min" in {n.op_type for n in equalized.graph.node}
+
+
 def test_meta_lists_the_variants_and_checks_their_files(variants, tmp_path):
     meta = load_meta(variants.bundle)
     assert set(meta["precisions"]) == {"fp16", "int8"}
     assert meta["precisions"]["int8"]["cam"]["file"] == "cam.int8.onnx"
     assert meta["precisions"]["int8"]["calibration"]["images"] == len(variants.calib)
+    assert meta["precisions"]["int8"]["calibration"]["placement"] == "inputs"
     b = shutil.copytree(variants.bundle, tmp_path / "b")
     (b / "aff.int8.onnx").write_bytes((b / "aff.fp16.onnx").read_bytes())
     with pytest.raises(BundleError, match=r"b/aff.int8.onnx: sha256 differs from meta.json's"):
