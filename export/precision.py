@@ -23,7 +23,9 @@ training images (README, "Precision variants").
 
 from __future__ import annotations
 
+import contextlib
 import inspect
+import io
 import os
 import tempfile
 import warnings
@@ -418,11 +420,15 @@ def to_int8(
             providers=["CPUExecutionProvider"],
             extra_options=calib_options,
         )
-        for arrays in batches.values():  # one shape per call; ranges/histograms merge
-            for i in range(0, len(arrays), _CALIB_CHUNK):
-                calibrator.collect_data(_Feeds(input_name, arrays[i : i + _CALIB_CHUNK]))
+        # ONNX Runtime's calibrators print a line per batch on stdout ("Collecting tensor data
+        # and making histogram ..."); stdout is the command's own.
+        with contextlib.redirect_stdout(io.StringIO()):
+            for arrays in batches.values():  # one shape per call; ranges/histograms merge
+                for i in range(0, len(arrays), _CALIB_CHUNK):
+                    calibrator.collect_data(_Feeds(input_name, arrays[i : i + _CALIB_CHUNK]))
+            ranges = calibrator.compute_data()
         cache = Path(tmp) / "ranges.json"
-        save_tensors_data(calibrator.compute_data(), cache)
+        save_tensors_data(ranges, cache)
         del calibrator
         out = Path(tmp) / "int8.onnx"
         quantize_static(

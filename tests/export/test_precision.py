@@ -191,6 +191,16 @@ def test_equalization_keeps_the_function_and_evens_the_channels():
     assert none == 0 and unchanged is model
 
 
+def test_calibration_prints_nothing_on_stdout(tmp_path, capfd):
+    """ONNX Runtime's histogram calibrators print a line per batch; stdout is the command's."""
+    path = tmp_path / "block.onnx"
+    onnx.save_model(_mobile_block(), path)
+    rng = np.random.default_rng(3)
+    batches = {(1, 4, 8, 8): [rng.normal(size=(1, 4, 8, 8)).astype(np.float32) for _ in range(3)]}
+    to_int8(path, batches, Int8Recipe(method="percentile"))
+    assert capfd.readouterr().out == ""
+
+
 def test_placement_and_depthwise_float_decide_where_qdq_goes(tmp_path):
     path = tmp_path / "block.onnx"
     onnx.save_model(_mobile_block(), path)
