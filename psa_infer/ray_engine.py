@@ -118,25 +118,56 @@ def _row_sample(row: dict) -> Sample:
     return Sample(row["id"], Path(row["image"]), None, labels)
 
 
+_EMPTY = {"label": b"", "label_shape": "", "record": "", "overlay": b"", "overlay_shape": ""}
+
+
 class _LabelActor:
-    """One opened bundle per actor; labels the rows it is given (``LabelJob.compute``)."""
+    """One opened bundle per actor; labels the rows it is given (``LabelJob.compute``).
+
+    A bundle that cannot be opened here (a missing engine, a GPU TensorRT cannot use) is not
+    raised from the constructor, where Ray would restart the actor again and again: every row
+    then carries the message as ``fatal`` and the driver stops with it.
+    """
 
     def __init__(self, opener: Callable[[int], object], job: LabelJob, threads: int) -> None:
         # The compiled walk reads its thread count when it first runs; Ray already limits
         # OMP_NUM_THREADS to the actor's CPUs.
         os.environ["PSA_RW_THREADS"] = str(threads)
-        self.bundle = opener(threads)
+        self.fatal = ""
+        try:
+            self.bundle = opener(threads)
+        except PsaError as e:
+            self.fatal = f"a Ray actor could not open the bundle: {e}"
+            return
         info = {**(job.info or {}), "walk": self.bundle.walk}  # "auto" resolved here
         self.job = dataclasses.replace(job, info=info)
 
     def __call__(self, row: dict) -> dict:
         s = _row_sample(row)
+        if self.fatal:
+            return {"id": s.id, "fatal": self.fatal, "error": "", **_EMPTY}
         try:
             out = {"error": "", **_encode(self.job.compute(self.bundle.labeler, s))}
         except (DataError, ArtifactError) as e:  # about this image: the run goes on
-            empty = {"label": b"", "label_shape": "", "record": "", "overlay": b""}
-            out = {"error": str(e), **empty, "overlay_shape": ""}
-        return {"id": s.id, **out}
+            out = {"error": str(e), **_EMPTY}
+        return {"id": s.id, "fatal": "", **out}
+
+
+def check_resources(ray, actors: int, threads: int, gpus: float) -> None:
+    """The cluster can hold the actor pool (Ray would otherwise wait for it for ever)."""
+    have = ray.cluster_resources()
+    cpus, gpus_have = have.get("CPU", 0), have.get("GPU", 0)
+    if gpus and gpus_have < actors * gpus:
+        raise PsaError(
+            f"--actors {actors}: each needs a GPU here, and the Ray cluster has "
+            f"{gpus_have:g}"
+            + (" (TensorRT and --device cuda run on GPUs)" if not gpus_have else "")
+        )
+    if cpus < actors * threads:
+        raise PsaError(
+            f"--actors {actors} x --threads {threads} = {actors * threads} CPUs, and the Ray "
+            f"cluster has {cpus:g}"
+        )
 
 
 def start_ray(address: str | None, cpus: int, quiet: bool = True):
@@ -199,6 +230,7 @@ def label_on_ray(
     try:
         if todo:
             ray = start_ray(address, actors * threads)
+            check_resources(ray, actors, threads, gpus)
             context = ray.data.DataContext.get_current()
             context.enable_progress_bars = False  # the bar below counts written images
             logging.getLogger("ray.data").setLevel(logging.ERROR)
@@ -215,6 +247,8 @@ def label_on_ray(
                     first = first if first is not None else time.perf_counter() - t0
                     bar.update(1)
                     s = by_id[row["id"]]
+                    if row["fatal"]:
+                        raise PsaError(row["fatal"])
                     if row["error"]:
                         if fail_fast:
                             raise DataError(row["error"])

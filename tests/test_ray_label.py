@@ -185,3 +185,38 @@ def test_ray_refuses_what_it_cannot_do(tiny_bundle, photos, tmp_path):
     )
     assert r.exit_code == 2 and "--engine ray" in r.stderr
     assert not (tmp_path / "o").exists()
+
+
+class Unopenable:
+    """An opener that fails as open_bundle does on a machine that cannot run the bundle."""
+
+    def __call__(self, threads: int):
+        from psa_infer.bundle import BundleError
+
+        raise BundleError("cam.engine: no such engine (run psa build-engine on this machine)")
+
+
+def test_a_bundle_no_actor_can_open_stops_the_run_in_one_line(
+    local_ray, tiny_bundle, photos, tmp_path
+):
+    from psa_infer.datasets import resolve_source
+    from psa_infer.errors import PsaError
+    from psa_infer.pipeline import LabelJob
+    from psa_infer.ray_engine import label_on_ray
+
+    items = resolve_source(photos, list(tiny_bundle.classes), "all", None, [], False)
+    job = LabelJob(tmp_path / "out", class_names=list(tiny_bundle.classes))
+    with pytest.raises(PsaError, match="a Ray actor could not open the bundle: cam.engine"):
+        label_on_ray(Unopenable(), job, items, actors=1, progress=False)  # not a restart loop
+    assert not list((tmp_path / "out").glob("*.png"))
+
+
+def test_an_actor_pool_the_cluster_cannot_hold_is_refused(local_ray):
+    from psa_infer.errors import PsaError
+    from psa_infer.ray_engine import check_resources
+
+    check_resources(local_ray, 2, 1, 0)  # the 2 CPUs of the fixture's Ray
+    with pytest.raises(PsaError, match="each needs a GPU here, and the Ray cluster has 0"):
+        check_resources(local_ray, 1, 1, 1)
+    with pytest.raises(PsaError, match=r"--actors 2 x --threads 2 = 4 CPUs, and the Ray cluster"):
+        check_resources(local_ray, 2, 2, 0)
