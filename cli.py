@@ -221,17 +221,38 @@ def train_cam_cmd(data, out, labels, backbone, weights, epochs, device, resume, 
 @click.option("--split", help="Split to process (default: make_cam.split, 'train').")
 @click.option("--labels", type=click.Path(exists=True, dir_okay=False))
 @click.option("--device")
+@click.option(
+    "--backend",
+    type=click.Choice(["torch", "onnxruntime"]),
+    default="torch",
+    show_default=True,
+    help="onnxruntime: the network exported to ONNX, on the CPU (3x torch's speed on a CPU).",
+)
 @fail_fast_option
 @config_options
 @friendly
-def make_cam_cmd(data, checkpoint, out, split, labels, device, fail_fast, config_path, sets):
+def make_cam_cmd(
+    data, checkpoint, out, split, labels, device, backend, fail_fast, config_path, sets
+):
     """Multi-scale + flip CAMs of the present classes, one OUT/<id>.npz per image."""
     from psa_infer.datasets import open_dataset
     from psa_train.make_cam import make_cams
 
+    if backend == "onnxruntime" and device not in (None, "cpu"):
+        raise click.UsageError("--backend onnxruntime runs on the CPU; drop --device")
     cfg = _config(config_path, sets, {"make_cam.split": split, "make_cam.device": device})
+    forward = None
+    if backend == "onnxruntime":
+        from export.onnx_export import cam_checkpoint_forward
+
+        forward = cam_checkpoint_forward(checkpoint)
     stats = make_cams(
-        open_dataset(data, labels), checkpoint, out, cfg.make_cam, fail_fast=fail_fast
+        open_dataset(data, labels),
+        checkpoint,
+        out,
+        cfg.make_cam,
+        fail_fast=fail_fast,
+        forward=forward,
     )
     _finish(stats, "make-cam")
 

@@ -37,15 +37,24 @@ def make_cams(
     cfg: MakeCamConfig,
     progress: bool = True,
     fail_fast: bool = False,
+    forward=None,
 ) -> dict:
     """Write CAMs of ``cfg.split``; returns the counts of ``psa_infer.runs.run_items``
-    (done, skipped, failed — failures listed in ``out/failures.jsonl``)."""
+    (done, skipped, failed — failures listed in ``out/failures.jsonl``).
+
+    ``forward``: (numpy forward, checkpoint meta) of another backend for the checkpoint's
+    network (``export.onnx_export.cam_checkpoint_forward``: ONNX Runtime); default the torch
+    network on ``cfg.device``.
+    """
     from psa_train.train_cam import load_cam_model
 
     out, device = start_stage(out, cfg)
-    model, meta = load_cam_model(checkpoint, device)
+    if forward is None:
+        model, meta = load_cam_model(checkpoint, device)
+        forward = torch_cam_forward(model, device)
+    else:
+        forward, meta = forward
     check_classes(meta["classes"], dataset, checkpoint)
-    forward = torch_cam_forward(model, device)
 
     def work(s) -> None:
         img = load_image(s.image)

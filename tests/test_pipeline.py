@@ -112,6 +112,29 @@ def ckpts(d):
     return ["--cam", d / "cam" / "cam.safetensors", "--aff", d / "aff" / "aff.safetensors"]
 
 
+def test_make_cam_on_onnxruntime_gives_the_torch_cams(chain, tmp_path):
+    # --backend onnxruntime: the checkpoint exported to cam.onnx and run on ONNX Runtime; the
+    # same files, CAMs equal to float32 rounding
+    cam = ["make-cam", chain / "data", "-c", chain / "cam" / "cam.safetensors", *SCALES]
+    run(*cam, "-o", tmp_path / "ort", "--split", "val", "--backend", "onnxruntime")
+    torch_files = sorted(p.name for p in (chain / "cams").glob("*.npz"))
+    ort_files = sorted(p.name for p in (tmp_path / "ort").glob("*.npz"))
+    assert ort_files and set(ort_files) <= set(torch_files)
+    for name in ort_files:
+        with np.load(chain / "cams" / name) as a, np.load(tmp_path / "ort" / name) as b:
+            assert np.array_equal(a["keys"], b["keys"])
+            assert a["cam"].shape == b["cam"].shape and a["cam"].dtype == b["cam"].dtype
+            np.testing.assert_allclose(b["cam"], a["cam"], atol=1e-4)
+    r = CliRunner().invoke(
+        main,
+        [
+            str(a)
+            for a in (*cam, "-o", tmp_path / "x", "--backend", "onnxruntime", "--device", "cuda")
+        ],
+    )
+    assert r.exit_code == 2 and "--backend onnxruntime runs on the CPU" in r.output
+
+
 def test_training_writes_checkpoints_config_and_metrics(chain):
     for stage in ("cam", "aff"):
         meta = json.loads((chain / stage / f"{stage}.json").read_text())
