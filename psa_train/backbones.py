@@ -130,8 +130,16 @@ class Backbone(nn.Module):
         self.weights_source = str(path)
 
 
+# A checkpoint of psa_train.checkpoint carries its metadata under this safetensors header key
+# (psa_train.checkpoint.HEADER_KEY) and its network's backbone under this prefix.
+CHECKPOINT_HEADER = "psa"
+BACKBONE_PREFIX = "backbone."
+
+
 def read_state_dict(path: Path, sha256: str | None = None) -> dict[str, Tensor]:
-    """A state dict from ``path`` (.pth/.pt or .safetensors), optionally checking its sha256."""
+    """A state dict from ``path`` (.pth/.pt or .safetensors), optionally checking its sha256.
+    A trained checkpoint of this toolkit (``cam.safetensors``, ``aff.safetensors``, …) gives
+    the state dict of its network's backbone."""
     if not path.is_file():
         raise PsaError(f"{path}: weights file not found")
     if sha256 is not None:
@@ -148,9 +156,19 @@ def read_state_dict(path: Path, sha256: str | None = None) -> dict[str, Tensor]:
         )
     try:
         if suffix == ".safetensors":
+            from safetensors import safe_open
             from safetensors.torch import load_file
 
+            with safe_open(str(path), "pt") as f:
+                trained = CHECKPOINT_HEADER in (f.metadata() or {})
             state = load_file(str(path))
+            if trained:
+                # A checkpoint of this toolkit (cam, aff, seg): its network's backbone.
+                state = {
+                    k[len(BACKBONE_PREFIX) :]: v
+                    for k, v in state.items()
+                    if k.startswith(BACKBONE_PREFIX)
+                }
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # any reader failure is "not a weights file" to the caller

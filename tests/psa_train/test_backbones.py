@@ -138,6 +138,27 @@ def test_user_weights_pth_and_safetensors(tmp_path, wheel_state):
     )
 
 
+def test_a_trained_checkpoint_gives_its_backbone(tmp_path):
+    # cam.safetensors (or aff, seg) as weights: the backbone the run trained, under the
+    # checkpoint header's key; a plain safetensors file with the same keys is not stripped
+    from psa_train.checkpoint import HEADER_KEY, save_checkpoint
+    from psa_train.networks import CAMNet
+
+    assert HEADER_KEY == backbones.CHECKPOINT_HEADER
+    torch.manual_seed(3)
+    net = CAMNet(build_backbone("tiny"), 2)
+    path = save_checkpoint(tmp_path / "cam.safetensors", net.state_dict(), {"kind": "cam"})
+    b = build_backbone("tiny", weights=path)
+    assert b.pretrained and b.weights_source == str(path)
+    for k, v in net.backbone.state_dict().items():
+        assert torch.equal(b.state_dict()[k], v), k
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, tmp_path / "p.safetensors")
+    with pytest.raises(ValueError, match=r"p\.safetensors: not tiny weights \(missing stem"):
+        build_backbone("tiny", weights=tmp_path / "p.safetensors")
+
+
 def test_weights_file_errors(tmp_path, wheel_state):
     partial = {k: v for k, v in wheel_state.items() if not k.startswith("features.0.")}
     torch.save(partial, tmp_path / "partial.pth")
