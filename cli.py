@@ -1020,6 +1020,7 @@ def export_seg_cmd(seg_ckpt, out, opset, precisions, calib_source, calib_limit):
     help="Test-time scales, e.g. 1.0,0.75,1.25 (the mean softmax of every pass).",
 )
 @click.option("--flip", is_flag=True, help="Also run each scale's mirror image.")
+@click.option("--crf", is_flag=True, help="Refine with a dense CRF (DeepLab's post-processing).")
 @click.option(
     "--backend",
     type=click.Choice(["onnxruntime", "tensorrt"]),
@@ -1035,7 +1036,7 @@ def export_seg_cmd(seg_ckpt, out, opset, precisions, calib_source, calib_limit):
 @fail_fast_option
 @friendly
 def segment_cmd(
-    source, bundle, out, split, scales, flip, backend, precision, device, overwrite, quiet,
+    source, bundle, out, split, scales, flip, crf, backend, precision, device, overwrite, quiet,
     fail_fast,
 ):  # fmt: skip
     """Label SOURCE (a data set's split, an image folder or one image) with the segmentation
@@ -1057,7 +1058,7 @@ def segment_cmd(
         if not quiet:
             click.echo(f"{backend}: {opened.provider}; {precision} graph", err=True)
         stats = segment_items(
-            opened, items, out, factors, flip, not quiet, fail_fast, overwrite
+            opened, items, out, factors, flip, not quiet, fail_fast, overwrite, crf
         )  # fmt: skip
     _finish(stats, "to segment")
 

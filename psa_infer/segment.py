@@ -146,11 +146,17 @@ class SegBundle:
         return self.backend.run({SEG_IMAGE: x})[SEG_LOGITS][0]
 
     def segment(
-        self, img: np.ndarray, scales: Sequence[float] = (1.0,), flip: bool = False
+        self,
+        img: np.ndarray,
+        scales: Sequence[float] = (1.0,),
+        flip: bool = False,
+        crf: bool = False,
     ) -> np.ndarray:
         """(H, W) uint8 class ids of an (H, W, 3) uint8 RGB image. One scale without flip is
-        the argmax of ``logits``; otherwise the mean softmax over every scale (and mirror)."""
-        if tuple(scales) == (1.0,) and not flip:
+        the argmax of ``logits``; otherwise the mean softmax over every scale (and mirror).
+        ``crf``: the argmax of the dense CRF's marginals (``psa_infer.crf``, the reference's
+        settings) started from that softmax, DeepLab's post-processing."""
+        if tuple(scales) == (1.0,) and not flip and not crf:
             return self.logits(img).argmax(0).astype(np.uint8)
         from PIL import Image
 
@@ -171,6 +177,11 @@ class SegBundle:
                 p = np.exp(z - z.max(0, keepdims=True))
                 p /= p.sum(0, keepdims=True)
                 total = p if total is None else total + p
+        if crf:
+            from psa_infer.crf import crf_inference
+
+            mean = (total / (len(scales) * (2 if flip else 1))).astype(np.float32)
+            total = crf_inference(np.ascontiguousarray(img), mean)
         return total.argmax(0).astype(np.uint8)
 
     def close(self) -> None:
@@ -229,10 +240,12 @@ def segment_items(
     progress: bool = True,
     fail_fast: bool = False,
     overwrite: bool = False,
+    crf: bool = False,
 ) -> dict:
     """Write ``out_dir/<id>.png`` (palette label maps) and ``out_dir/labels.jsonl`` for every
-    sample, as ``psa label`` does; images already written are skipped. Returns the counts of
-    ``psa_infer.runs.run_items`` (labeled, skipped, failed, ...)."""
+    sample, as ``psa label`` does; images already written are skipped (``crf``: refined with
+    the dense CRF, ``SegBundle.segment``). Returns the counts of ``psa_infer.runs.run_items``
+    (labeled, skipped, failed, ...)."""
     from psa_infer.datasets import load_image, output_path
     from psa_infer.palette import save_label_png
     from psa_infer.pipeline import RECORDS, _Records, label_record
@@ -243,14 +256,14 @@ def segment_items(
     names = bundle.classes
     backend = "tensorrt" if bundle.provider == "TensorRT" else "onnxruntime"
     info = {"backend": backend, "provider": bundle.provider, "model": KIND,
-            "precision": bundle.precision}  # fmt: skip
+            "precision": bundle.precision, "crf": crf}  # fmt: skip
 
     def is_done(s: Sample) -> bool:
         return not overwrite and output_path(out_dir, s.id, ".png").exists()
 
     def work(s: Sample) -> None:
         t0 = time.perf_counter()
-        label = bundle.segment(load_image(s.image), scales, flip)
+        label = bundle.segment(load_image(s.image), scales, flip, crf)
         found = [int(c) for c in np.unique(label) if 0 < c < len(names)]
         # The network's classes are what it found, not given ones: recorded as predicted.
         sample = Sample(s.id, s.image)

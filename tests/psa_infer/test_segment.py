@@ -127,6 +127,29 @@ def test_psa_segment_writes_labels_and_records_that_eval_reads(seg, tmp_path):
     assert r.exit_code == 0, r.output and "mIoU" in r.output
 
 
+def test_psa_segment_crf_refines_the_softmax(seg, tmp_path):
+    # --crf: the argmax of the dense CRF started from the network's softmax, recorded as such
+    from psa_infer.crf import crf_inference
+    from psa_infer.datasets import load_image, open_dataset
+    from psa_infer.segment import open_seg_bundle
+
+    root, _, bundle = seg
+    out = tmp_path / "crf"
+    r = CliRunner().invoke(main, ["segment", str(root / "voc"), "--model", str(bundle), "-o",
+                                  str(out), "-q", "--crf"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    rows = {x["id"]: x for x in map(json.loads, (out / "labels.jsonl").read_text().splitlines())}
+    sample = open_dataset(root / "voc").split("val")[0]
+    img = load_image(sample.image)
+    with open_seg_bundle(bundle) as b:
+        z = b.logits(img)
+    p = np.exp(z - z.max(0))
+    p /= p.sum(0)
+    want = crf_inference(img, p.astype(np.float32)).argmax(0)
+    assert np.array_equal(load_label_png(out / f"{sample.id}.png"), want)
+    assert rows[sample.id]["crf"] is True
+
+
 def test_a_labeling_bundle_or_a_changed_graph_is_refused(seg, tiny_bundle, tmp_path):
     import shutil
 
