@@ -1265,12 +1265,13 @@ def bench_cmd(
     help="Synthetic style, as psa make-synthetic --style (default: recipe, 'default').",
 )
 @click.option(
-    "--seg",
+    "--seg/--no-seg",
     "segmentation",
-    is_flag=True,
-    help="Also the paper's last step: train-seg on the walk + CRF labels of the training split "
-    "and on its ground truth, scored on val (seg_miou, seg_full_miou). Off by default: its "
-    "demo recipe does not train yet (see README).",
+    default=True,
+    show_default=True,
+    help="The paper's last step, where the labeled split has masks: train-seg on the walk + CRF "
+    "labels of the training split and on its ground truth, scored on val (seg_miou, "
+    "seg_full_miou).",
 )
 @config_options
 @friendly
@@ -1309,12 +1310,13 @@ def demo_cmd(out, num_images, seed, style, segmentation, config_path, sets):
     help="Image-level labels file (default: the data set's own).",
 )
 @click.option(
-    "--seg",
+    "--seg/--no-seg",
     "segmentation",
-    is_flag=True,
-    help="Also the paper's last step: train-seg on the walk + CRF labels of the training split "
-    "and on its ground truth, scored on val (seg_miou, seg_full_miou). Off by default: its "
-    "demo recipe does not train yet (see README).",
+    default=True,
+    show_default=True,
+    help="The paper's last step, where the labeled split has masks: train-seg on the walk + CRF "
+    "labels of the training split and on its ground truth, scored on val (seg_miou, "
+    "seg_full_miou).",
 )
 @config_options
 @friendly

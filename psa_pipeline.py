@@ -41,6 +41,8 @@ DEMO_RECIPE = Path(__file__).resolve().parent / "configs" / "synthetic_demo.yaml
 RUN_FILE = "pipeline.json"  # which data set an output folder's run is on
 # What the stages write under the output folder (the demo's data set first).
 OUTPUTS = ("data", "cam", "cams", "aff_labels", "aff", "labels", "labels_crf", "bundle", "seg")
+# train_seg.weights meaning "the backbone of this run's classifier" (psa_pipeline only).
+CAM_WEIGHTS = "cam"
 # Settings a resumed run may change: where it runs, not what it computes.
 FREE_TO_CHANGE = ("device", "num_workers")
 
@@ -299,12 +301,13 @@ def _segmentation(ds, out: Path, cfg: Config, labeler, items, split, common, tim
     if all(ds.has_ground_truth(s) for s in train):
         runs["seg_full"] = None  # the data set's masks
     result = {}
+    seg_cfg = _seg_config(cfg, out / "cam" / "cam.safetensors")
     for name, labels in runs.items():
         what = "ground truth" if labels is None else "walk + CRF labels"
         with timer.stage(f"train-seg ({what})"):
             ckpt = out / name / "seg.safetensors"
             if not ckpt.exists():
-                ckpt = train_seg(ds, labels, out / name, cfg.train_seg, resume=True)
+                ckpt = train_seg(ds, labels, out / name, seg_cfg, resume=True)
         with timer.stage(f"segment {split} (onnxruntime, {what})"):
             bundle = out / f"{name}_bundle"
             if not (bundle / "meta.json").exists():
@@ -317,6 +320,21 @@ def _segmentation(ds, out: Path, cfg: Config, labeler, items, split, common, tim
             result["seg_seconds_per_image"] = round(stats["seconds_per_image"], 4)
     (out / "eval_seg.json").write_text(json.dumps(result, indent=2))
     return result
+
+
+def _seg_config(cfg: Config, cam_ckpt: Path):
+    """``cfg.train_seg``, where ``weights: cam`` becomes this run's classifier checkpoint: the
+    segmentation network starts from the backbone train-cam trained (its backbone must be the
+    classifier's)."""
+    seg = cfg.train_seg
+    if seg.weights != CAM_WEIGHTS:
+        return seg
+    if seg.backbone != cfg.train_cam.backbone:
+        raise PsaError(
+            f"train_seg.weights: 'cam' starts from the classifier's {cfg.train_cam.backbone} "
+            f"backbone, but train_seg.backbone is {seg.backbone}"
+        )
+    return _replace(seg, weights=str(cam_ckpt))
 
 
 def _classifier_verdict(cam_dir: Path) -> dict | None:

@@ -99,6 +99,11 @@ def train_seg(
     """Train the network on ``dataset``'s ``cfg.train_split`` with the label maps in the folder
     ``labels`` (``<id>.png``), or the data set's ground truth when ``labels`` is None; returns
     the checkpoint path."""
+    if cfg.weights == "cam":
+        raise DataError(
+            "train_seg.weights: 'cam' (the classifier of the same run) is what psa pipeline "
+            "and psa demo give; here give the file: --weights RUN/cam/cam.safetensors"
+        )
     out, device = start_stage(out, cfg)
     torch.manual_seed(cfg.seed)
     samples = dataset.split(cfg.train_split)

@@ -10,10 +10,12 @@ import json
 
 import numpy as np
 import pytest
+import yaml
 from click.testing import CliRunner
 from PIL import Image
 
 from cli import main
+from psa_infer.errors import PsaError
 
 TINY = [
     "--set",
@@ -307,12 +309,13 @@ def test_demo_prints_result_line_and_overview(tmp_path):
         out,
         "--num-images",
         12,
-        "--seg",
         *sets,
         *TINY,
         *TINY_AFF,
         *TINY_SEG,
         *SCALES,
+        "--set",
+        "train_seg.weights=cam",  # the demo recipe's: start from train-cam's backbone
     )
     result = result_of(stdout)
     for key in ("cam_miou", "rw_miou", "rw_crf_miou", "ort_miou", "ort_agreement", "seconds"):
@@ -324,6 +327,9 @@ def test_demo_prints_result_line_and_overview(tmp_path):
     assert result["seg_seconds_per_image"] > 0
     assert len(list((out / "labels_train_crf").glob("*.png"))) == 9  # 12 images: 9 train
     assert (out / "seg_bundle" / "seg.onnx").exists() and (out / "seg_full" / "seg.json").exists()
+    for run_dir in ("seg", "seg_full"):
+        seg_cfg = yaml.safe_load((out / run_dir / "config.yaml").read_text())
+        assert seg_cfg["weights"] == str(out / "cam" / "cam.safetensors")
     assert 0 <= result["cam_miou"] <= 100 and result["seconds"] > 0
     # the torch-free onnxruntime runtime labels like the torch backend
     assert result["ort_agreement"] >= 99.0
@@ -339,6 +345,23 @@ def test_demo_prints_result_line_and_overview(tmp_path):
     assert im.height == TITLE_HEIGHT + rows * (OVERVIEW_HEIGHT + GAP) + GAP
     assert im.width > 5 * 0.85 / 1.15 * OVERVIEW_HEIGHT
     assert (out / "bundle" / "meta.json").exists()
+
+
+def test_seg_weights_cam_needs_the_classifiers_backbone(chain, tmp_path):
+    from psa_pipeline import _seg_config, load_recipe
+
+    cfg = load_recipe(None, [])
+    assert cfg.train_seg.weights == "cam"  # the demo recipe's
+    ckpt = tmp_path / "cam.safetensors"
+    assert _seg_config(cfg, ckpt).weights == str(ckpt)
+    other = load_recipe(None, ["train_seg.backbone=tiny"])
+    with pytest.raises(PsaError, match="starts from the classifier's mobilenet_v2_d12 backbone"):
+        _seg_config(other, ckpt)
+    # train-seg on its own needs the file
+    args = ["train-seg", chain / "data", "--labels-dir", chain / "labels", "-o", tmp_path / "o"]
+    r = CliRunner().invoke(main, [str(a) for a in (*args, "--weights", "cam")])
+    assert r.exit_code == 1 and "Traceback" not in r.output
+    assert "here give the file: --weights RUN/cam/cam.safetensors" in r.stderr
 
 
 # --------------------------------------------------------------------------- psa pipeline
