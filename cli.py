@@ -1330,7 +1330,9 @@ def pipeline_cmd(data, out, labels, segmentation, config_path, sets):
 
     \b
     train-cam → make-cam → make-aff-labels → train-aff → label (walk; walk + CRF) → export
-    → calibrate class thresholds → label with onnxruntime → eval → overview.png
+    → calibrate class thresholds → label with onnxruntime → eval → overview.png → (with
+    --seg, the default, where the labeled split has masks) the training split labeled with
+    walk + CRF → train-seg on those labels and on the ground truth → segment with each
 
     A VOC set trains on train and labels val (eval.split); a folder trains on every image
     (less the share train-cam holds out to judge the classifier) and labels every image.
@@ -1343,7 +1345,8 @@ def pipeline_cmd(data, out, labels, segmentation, config_path, sets):
     class_thresholds, ort_agreement, ort_seconds_per_image, evaluated, seconds, stages;
     predict_f1_val where the labeled split is not training data; and when every labeled
     image has a mask (evaluated: true) cam_miou, rw_miou, rw_crf_miou, ort_miou,
-    cam_miou_best and cam_best_bg_threshold, as `psa demo` prints.
+    cam_miou_best and cam_best_bg_threshold, as `psa demo` prints; with the last step
+    seg_miou, seg_full_miou and seg_seconds_per_image.
     """
     from psa_pipeline import load_recipe, run_pipeline
 
