@@ -292,7 +292,7 @@ def _segmentation(ds, out: Path, cfg: Config, labeler, items, split, common, tim
     from psa_infer.evaluate import evaluate_labels
     from psa_infer.pipeline import label_items
     from psa_infer.segment import open_seg_bundle, segment_items
-    from psa_train.train_seg import train_seg
+    from psa_train.train_seg import is_finished, train_seg
 
     train = ds.split(cfg.train_seg.train_split)
     with timer.stage("label train split (random walk + CRF)"):
@@ -306,7 +306,7 @@ def _segmentation(ds, out: Path, cfg: Config, labeler, items, split, common, tim
         what = "ground truth" if labels is None else "walk + CRF labels"
         with timer.stage(f"train-seg ({what})"):
             ckpt = out / name / "seg.safetensors"
-            if not ckpt.exists():
+            if not is_finished(ckpt, seg_cfg):
                 ckpt = train_seg(ds, labels, out / name, seg_cfg, resume=True)
         with timer.stage(f"segment {split} (onnxruntime, {what})"):
             bundle = out / f"{name}_bundle"

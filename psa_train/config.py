@@ -429,6 +429,12 @@ class TrainSegConfig(_Stage):
     # DeepLab v3's image-level branch (``SegNet``): the whole image's features added to each
     # cell's, for classes told apart by a part that a cell's receptive field may not reach.
     head_context: bool = False
+    # After training, shift the background score by the offset (of BG_OFFSETS) under which the
+    # network's single-scale argmax on its own training images best agrees with the labels it
+    # was trained on (`calibrate_background`); folded into the weights, so export and runtime
+    # are unchanged. Labels that call foreground background more often than the reverse leave
+    # the network too ready to say background; training images alone say by how much.
+    calibrate: bool = True
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     train_split: str = "train"
@@ -448,6 +454,7 @@ class TrainSegConfig(_Stage):
         "head_width": Int(1, 4096),
         "head_dropout": Real(ge=0, lt=1),  # 1 would zero every feature
         "head_context": BOOL,
+        "calibrate": BOOL,
         "mean": Each(UNIT),
         "std": Each(POSITIVE),
     }

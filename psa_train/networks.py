@@ -143,6 +143,12 @@ class SegNet(nn.Module):
         for b in self.branches:  # small class scores at the start: a uniform first guess
             nn.init.normal_(b[3].weight, std=0.01)
 
+    @torch.no_grad()
+    def shift_background(self, offset: float) -> None:
+        """Lower the background score by ``offset`` everywhere (raise it when negative): the
+        first branch's background bias, since the branches' scores are summed."""
+        self.branches[0][3].bias[0] -= offset
+
     def scores(self, x: Tensor) -> Tensor:
         """x (B, 3, H, W) float32 → logits (B, K+1, ceil(H/8), ceil(W/8)) float32."""
         features = self.backbone(x)[2]

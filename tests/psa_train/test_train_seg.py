@@ -4,6 +4,7 @@ kill -9, and bad label folders refused through the CLI in one line."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -179,3 +180,87 @@ def test_bad_label_folders_are_one_line_errors(voc, tmp_path, how, message):
     assert len(lines) == 1 and "Traceback" not in r.output
     assert re.search(message, lines[0]), lines[0]
     assert not (tmp_path / "o" / "last.safetensors").exists()  # refused before training
+
+
+class _ColourNet(torch.nn.Module):
+    """A stand-in network whose logits are its input's first K+1 channels scaled: the margins
+    of background over foreground are continuous, so each offset labels some pixels apart."""
+
+    def forward(self, x):
+        return torch.cat([x, -x[:, :1]], 1) * 2.0  # 4 scores: background + 3 classes
+
+
+def _argmax_with(net, s, offset, mean, std):
+    from psa_infer.cam import normalize_image
+    from psa_infer.datasets import load_image
+
+    x = torch.from_numpy(normalize_image(load_image(s.image), mean, std)[None])
+    logits = net(x)[0].numpy()
+    logits[0] -= offset
+    return logits.argmax(0).astype(np.uint8)
+
+
+def test_calibration_finds_the_offset_the_labels_were_made_with(voc):
+    """Labels that are the network's argmax with its background lowered by 0.5: the calibration
+    finds 0.5, where they agree completely, and its table is the per-offset confusion's mIoU."""
+    from psa_infer.datasets import open_dataset
+    from psa_infer.metrics import confusion, scores
+    from psa_train.train_seg import BG_OFFSETS, calibrate_background
+
+    samples = open_dataset(voc).split("train")
+    net, mean, std = _ColourNet(), (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
+    made = {s.id: _argmax_with(net, s, 0.5, mean, std) for s in samples}
+    report = calibrate_background(net, samples, lambda s: made[s.id], 3, mean, std)
+    assert report["bg_offset"] == 0.5 and report["miou"] == 100.0
+    assert report["miou_uncalibrated"] < 100.0 and report["images"] == len(samples)
+    for b in (-1.0, 0.0, 0.3, 1.2, 3.0):  # the histogram's table against the direct count
+        conf = sum(confusion(made[s.id], _argmax_with(net, s, b, mean, std), 4) for s in samples)
+        assert report["table"][str(b)] == round(scores(conf)["miou"], 2)
+    assert len(report["table"]) == len(BG_OFFSETS)
+
+
+def test_a_trained_network_is_calibrated_in_its_checkpoint(voc, tmp_path):
+    """train-seg folds the chosen offset into the weights: the final network's background
+    score is the last epoch's minus the offset, and the checkpoint says so; without
+    ``calibrate`` the two are the same network."""
+    from psa_infer.datasets import open_dataset
+    from psa_train.checkpoint import load_checkpoint
+    from psa_train.train_seg import CALIBRATION, build_seg_model, is_finished, train_seg
+
+    ds = open_dataset(voc)
+    x = torch.randn(1, 3, 37, 45)
+    for calibrate in (True, False):
+        out = tmp_path / f"seg_{calibrate}"
+        cfg = TrainSegConfig(**TINY, epochs=2, lr=0.02, device="cpu", calibrate=calibrate)
+        path = train_seg(ds, None, out, cfg, progress=False)
+        assert is_finished(path, cfg)
+        tensors, meta = load_checkpoint(path, kind="seg")
+        last = {k[6:]: v for k, v in load_checkpoint(out / "last")[0].items() if k[:6] == "model."}
+        nets = []
+        for weights in (tensors, last):
+            net = build_seg_model("tiny", None, 2, meta["head"]).eval()
+            net.load_state_dict(weights)
+            nets.append(net)
+        with torch.no_grad():
+            final, trained = nets[0](x), nets[1](x)
+        offset = meta["calibration"]["bg_offset"] if calibrate else 0.0
+        assert ("calibration" in meta) == calibrate == (out / CALIBRATION).exists()
+        assert torch.allclose(final[:, 0], trained[:, 0] - offset, atol=1e-5)
+        assert torch.equal(final[:, 1:], trained[:, 1:])
+    report = json.loads((tmp_path / "seg_True" / CALIBRATION).read_text())
+    assert report["miou"] >= report["miou_uncalibrated"]  # 0 is among the offsets tried
+
+
+def test_a_run_stopped_before_its_calibration_is_not_finished(voc, tmp_path):
+    from psa_infer.datasets import open_dataset
+    from psa_train.checkpoint import load_checkpoint, save_checkpoint
+    from psa_train.train_seg import is_finished, train_seg
+
+    cfg = TrainSegConfig(**TINY, epochs=1, device="cpu")
+    path = train_seg(open_dataset(voc), None, tmp_path / "seg", cfg, progress=False)
+    tensors, meta = load_checkpoint(path)
+    del meta["calibration"]
+    save_checkpoint(path, tensors, meta)  # as fit leaves it, before the calibration
+    assert not is_finished(path, cfg) and is_finished(path, replace(cfg, calibrate=False))
+    train_seg(open_dataset(voc), None, tmp_path / "seg", cfg, resume=True, progress=False)
+    assert is_finished(path, cfg)
