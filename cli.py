@@ -1271,7 +1271,7 @@ def bench_cmd(
     show_default=True,
     help="The paper's last step, where the labeled split has masks: train-seg on the walk + CRF "
     "labels of the training split and on its ground truth, scored on val (seg_miou, "
-    "seg_full_miou).",
+    "seg_full_miou; with the dense CRF seg_crf_miou, seg_full_crf_miou).",
 )
 @config_options
 @friendly
@@ -1316,7 +1316,7 @@ def demo_cmd(out, num_images, seed, style, segmentation, config_path, sets):
     show_default=True,
     help="The paper's last step, where the labeled split has masks: train-seg on the walk + CRF "
     "labels of the training split and on its ground truth, scored on val (seg_miou, "
-    "seg_full_miou).",
+    "seg_full_miou; with the dense CRF seg_crf_miou, seg_full_crf_miou).",
 )
 @config_options
 @friendly
@@ -1346,7 +1346,7 @@ def pipeline_cmd(data, out, labels, segmentation, config_path, sets):
     predict_f1_val where the labeled split is not training data; and when every labeled
     image has a mask (evaluated: true) cam_miou, rw_miou, rw_crf_miou, ort_miou,
     cam_miou_best and cam_best_bg_threshold, as `psa demo` prints; with the last step
-    seg_miou, seg_full_miou and seg_seconds_per_image.
+    seg_miou, seg_full_miou, seg_crf_miou, seg_full_crf_miou and seg_seconds_per_image.
     """
     from psa_pipeline import load_recipe, run_pipeline
 

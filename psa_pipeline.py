@@ -120,7 +120,8 @@ def run_pipeline(
     cam_miou_best, cam_best_bg_threshold; and, with ``segmentation`` where the labeled split
     is not training data, seg_miou (the segmentation network trained on the walk + CRF labels
     of the training split), seg_full_miou (trained on its ground truth; when every training
-    image has some), seg_seconds_per_image (seg.onnx, ONNX Runtime).
+    image has some), seg_crf_miou and seg_full_crf_miou (each with the dense CRF on its
+    softmax, as ``psa segment --crf``), seg_seconds_per_image (seg.onnx, ONNX Runtime).
     """
     from psa_infer.bundle import open_bundle
     from psa_infer.datasets import open_dataset
@@ -287,7 +288,8 @@ def _segmentation(ds, out: Path, cfg: Config, labeler, items, split, common, tim
     """The paper's last step: label the training split with the walk + CRF, train the
     segmentation network on those labels (``seg``) and on the ground truth (``seg_full``,
     where every training image has some), export each and label ``split`` with ONNX Runtime;
-    returns seg_miou, seg_full_miou and seg.onnx's seconds per image."""
+    returns seg_miou, seg_full_miou, the same with the dense CRF on the network's softmax
+    (seg_crf_miou, seg_full_crf_miou) and seg.onnx's seconds per image."""
     from export.seg_bundle import export_seg_bundle
     from psa_infer.evaluate import evaluate_labels
     from psa_infer.pipeline import label_items
@@ -314,8 +316,11 @@ def _segmentation(ds, out: Path, cfg: Config, labeler, items, split, common, tim
                 export_seg_bundle(ckpt, bundle)
             with open_seg_bundle(bundle) as opened:
                 stats = segment_items(opened, items, out / f"labels_{name}", fail_fast=True)
-        report = evaluate_labels(ds, out / f"labels_{name}", split)
-        result[f"{name}_miou"] = round(report["miou"], 2)
+        with timer.stage(f"segment {split} + CRF ({what})"):
+            with open_seg_bundle(bundle) as opened:
+                segment_items(opened, items, out / f"labels_{name}_crf", crf=True, fail_fast=True)
+        for key, folder in ((name, f"labels_{name}"), (f"{name}_crf", f"labels_{name}_crf")):
+            result[f"{key}_miou"] = round(evaluate_labels(ds, out / folder, split)["miou"], 2)
         if name == "seg" and stats["labeled"]:
             result["seg_seconds_per_image"] = round(stats["seconds_per_image"], 4)
     (out / "eval_seg.json").write_text(json.dumps(result, indent=2))

@@ -322,8 +322,12 @@ def test_demo_prints_result_line_and_overview(tmp_path):
         assert key in result
     # the last step: segmentation networks trained on the walk + CRF labels of the training
     # split and on its ground truth, scored on val
-    for key in ("seg_miou", "seg_full_miou"):
+    for key in ("seg_miou", "seg_full_miou", "seg_crf_miou", "seg_full_crf_miou"):
         assert 0 <= result[key] <= 100
+    crf = [
+        json.loads(x) for x in (out / "labels_seg_crf" / "labels.jsonl").read_text().splitlines()
+    ]
+    assert len(crf) == 3 and all(r["crf"] for r in crf)  # 12 images: 3 val
     assert result["seg_seconds_per_image"] > 0
     assert len(list((out / "labels_train_crf").glob("*.png"))) == 9  # 12 images: 9 train
     assert (out / "seg_bundle" / "seg.onnx").exists() and (out / "seg_full" / "seg.json").exists()
