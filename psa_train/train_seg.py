@@ -218,8 +218,8 @@ def calibrate_background(
     if not finite:  # no labeled pixel: nothing to say, keep the network as it is
         return {
             "bg_offset": 0.0,
-            "miou": at_zero,
-            "miou_uncalibrated": at_zero,
+            "miou": None,
+            "miou_uncalibrated": None,
             "images": len(samples),
             "table": {},
         }
@@ -252,10 +252,15 @@ def _calibrate_checkpoint(path: Path, samples, labels, num_classes, device, prog
     if progress:
         from tqdm import tqdm
 
+        said = (
+            f"agreement with the training labels {report['miou_uncalibrated']:.2f} → "
+            f"{report['miou']:.2f} mIoU"
+            if report["miou"] is not None
+            else "no labeled pixel to calibrate on"
+        )
         tqdm.write(
-            f"train-seg: background offset {report['bg_offset']:g}: agreement with the "
-            f"training labels {report['miou_uncalibrated']:.2f} → {report['miou']:.2f} mIoU "
-            f"on {report['images']} images"
+            f"train-seg: background offset {report['bg_offset']:g}: {said} on "
+            f"{report['images']} images"
         )
 
 
