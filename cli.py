@@ -352,7 +352,13 @@ def make_aff_labels_cmd(data, cams, out, split, no_crf, fail_fast, config_path, 
 def train_aff_cmd(
     data, aff_labels, out, backbone, weights, epochs, device, resume, config_path, sets
 ):
-    """Train AffinityNet on the confident regions of make-aff-labels."""
+    """Train AffinityNet on the confident regions of make-aff-labels.
+
+    It holds out train_aff.holdout of the training images (train-cam's, by the same hash;
+    OUT/heldout.txt), scores each epoch's loss on their confident pairs against one constant
+    affinity's, keeps the epoch that beats it most (train_aff.select) and ends with a verdict
+    in OUT/heldout.json.
+    """
     from psa_infer.datasets import open_dataset
     from psa_train.train_aff import train_aff
 

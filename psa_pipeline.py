@@ -232,6 +232,7 @@ def run_pipeline(
         "split": split,
         "num_labeled": len(items),
         "classifier": _classifier_verdict(out / "cam"),
+        "affinity": _affinity_verdict(out / "aff"),
         "class_thresholds": report["thresholds"],
         "ort_agreement": round(agreement, 3),
         "ort_seconds_per_image": round(ort_stats["seconds_per_image"], 3),
@@ -361,6 +362,23 @@ def _classifier_verdict(cam_dir: Path) -> dict | None:
         "heldout_map": r(row["heldout_map"]),
         "chance_map": r(v["chance_map"]),
         "prior_map": r(row["heldout_prior_map"]),
+    }
+
+
+def _affinity_verdict(aff_dir: Path) -> dict | None:
+    """train-aff's judgement of AffinityNet on the held-out images' confident pairs (None: it
+    held out none)."""
+    from psa_train.train_aff import VERDICT
+
+    path = aff_dir / VERDICT
+    if not path.exists():
+        return None
+    v = json.loads(path.read_text())
+    return {
+        "verdict": v["verdict"],
+        "heldout_images": v["heldout_images"],
+        "epoch": v["epoch"],
+        "gain": None if v["gain"] is None else round(v["gain"], 4),
     }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -489,3 +490,14 @@ def fit(
     if size > 1:
         torch.distributed.barrier()  # the others return once the final checkpoint is there
     return out / f"{name}.safetensors"
+
+
+def split_holdout(samples: list, fraction: float) -> tuple[list, list]:
+    """(train, held out): ``fraction`` of the samples, chosen by a hash of each id, so the
+    choice is the same on every machine and does not move when images are added."""
+    if fraction <= 0 or len(samples) < 2:
+        return list(samples), []
+    keyed = sorted(samples, key=lambda s: hashlib.sha1(s.id.encode()).hexdigest())
+    n = min(len(samples) - 1, max(1, round(fraction * len(samples))))
+    held = {s.id for s in keyed[:n]}
+    return [s for s in samples if s.id not in held], [s for s in samples if s.id in held]

@@ -240,6 +240,10 @@ class _Stage:
             self.ranges[f.name].check(f"{self.section}.{f.name}", getattr(self, f.name))
 
 
+HOLDOUT = Real(ge=0, le=0.5)  # more than half would leave less to train on
+SELECT = OneOf(("best", "last"))
+
+
 @dataclass(frozen=True)
 class TrainCamConfig(_Stage):
     """The CAM classifier recipe (SPEC §1); defaults are the reference's."""
@@ -283,8 +287,8 @@ class TrainCamConfig(_Stage):
         "mean": Each(UNIT),  # of pixel values scaled to [0, 1]
         "std": Each(POSITIVE),
         "val_split": NAME,
-        "holdout": Real(ge=0, le=0.5),  # more than half would leave less to train on
-        "select": OneOf(("best", "last")),
+        "holdout": HOLDOUT,
+        "select": SELECT,
     }
 
 
@@ -369,6 +373,12 @@ class TrainAffConfig(_Stage):
     # the reference's (64, 128, 256) for ResNet-38.
     widths: tuple[int, int, int] | None = None
     train_split: str = "train"
+    # As train_cam.holdout, and by the same hash, so the same images: AffinityNet does not
+    # train on them, and each epoch its loss on their confident pairs (no labels needed beyond
+    # the CAMs') is set beside a constant affinity's; `select: best` keeps the epoch where
+    # that gain is highest. 0 trains on every image.
+    holdout: float = 0.1
+    select: str = "best"  # "best" (held-out pair loss) or "last" epoch
     num_workers: int = 0
     sync_bn: bool = False  # see _TRAINING
     seed: int = 0
@@ -383,6 +393,8 @@ class TrainAffConfig(_Stage):
         "pairs": PAIRS,
         "freeze_backbone": BOOL,
         "widths": Maybe(Each(Int(1))),
+        "holdout": HOLDOUT,
+        "select": SELECT,
     }
 
     def __post_init__(self) -> None:

@@ -64,12 +64,22 @@ class AffDataset(Dataset):
     a zero container *before* normalising (so padded image pixels are black and padded scores
     0, as the reference) and flipped; then the scores are pooled to stride 8 and turned into
     confident labels and pair labels (bg_pos, fg_pos, neg). Randomness comes from
-    (seed, epoch, index), as in `ClsDataset`.
+    (seed, epoch, index), as in `ClsDataset`. ``train=False`` (held-out scoring): no jitter and
+    no flip, and the centred crop, so every epoch sees the same pairs.
     """
 
-    def __init__(self, samples: list[Sample], label_dir: Path, cfg: TrainAffConfig, mean, std):
+    def __init__(
+        self,
+        samples: list[Sample],
+        label_dir: Path,
+        cfg: TrainAffConfig,
+        mean,
+        std,
+        train: bool = True,
+    ):
         self.samples, self.label_dir, self.cfg = samples, Path(label_dir), cfg
         self.mean, self.std = mean, std
+        self.train = train
         self.epoch = 0
 
     def __len__(self) -> int:
@@ -85,11 +95,14 @@ class AffDataset(Dataset):
                 f"{self.label_dir / s.id}.npz: score maps of size {la.shape[1:]} do not match "
                 f"image {s.image} of size {img.shape[:2]}"
             )
-        img = T.color_jitter(img, rng, cfg.color_jitter)
         maps = np.concatenate([la, ha])
-        img, maps = T.random_crop(img, cfg.crop, rng, maps)
-        if cfg.hflip and rng.random() < 0.5:
-            img, maps = img[:, ::-1], maps[:, :, ::-1]
+        if self.train:
+            img = T.color_jitter(img, rng, cfg.color_jitter)
+            img, maps = T.random_crop(img, cfg.crop, rng, maps)
+            if cfg.hflip and rng.random() < 0.5:
+                img, maps = img[:, ::-1], maps[:, :, ::-1]
+        else:
+            img, maps = T.random_crop(img, cfg.crop, None, maps)
         x = T.normalize(np.ascontiguousarray(img), self.mean, self.std)
         k = la.shape[0]
         label = confident_labels(maps[:k], maps[k:], stride=STRIDE)

@@ -8,7 +8,6 @@ state, for ``--resume``) and, at the end, ``cam.safetensors`` + ``cam.json``.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import sys
 from pathlib import Path
@@ -21,7 +20,7 @@ from tqdm import tqdm
 
 from psa_infer.datasets import DataError, DataSet, check_images
 from psa_train.checkpoint import load_checkpoint, load_state_strict
-from psa_train.common import fit, start_stage, world
+from psa_train.common import fit, split_holdout, start_stage, world
 from psa_train.config import TrainCamConfig, to_dict
 from psa_train.data import ClsDataset
 
@@ -92,17 +91,6 @@ def train_cam(
 
 HELDOUT_LIST = "heldout.txt"
 VERDICT = "heldout.json"
-
-
-def split_holdout(samples: list, fraction: float) -> tuple[list, list]:
-    """(train, held out): ``fraction`` of the samples, chosen by a hash of each id, so the
-    choice is the same on every machine and does not move when images are added."""
-    if fraction <= 0 or len(samples) < 2:
-        return list(samples), []
-    keyed = sorted(samples, key=lambda s: hashlib.sha1(s.id.encode()).hexdigest())
-    n = min(len(samples) - 1, max(1, round(fraction * len(samples))))
-    held = {s.id for s in keyed[:n]}
-    return [s for s in samples if s.id not in held], [s for s in samples if s.id in held]
 
 
 def class_prior(samples: list, num_classes: int) -> np.ndarray:

@@ -55,31 +55,37 @@ def normalize(img: np.ndarray, mean, std) -> np.ndarray:
     return (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
 
 
-def crop_box(h: int, w: int, size: int, rng: np.random.Generator):
+def crop_box(h: int, w: int, size: int, rng: np.random.Generator | None):
     """A random size×size window against an h×w image: (container, image) slices.
 
     Where the image is smaller than the crop it is placed at a random position inside a zero
-    container, as the reference's RandomCrop does.
+    container, as the reference's RandomCrop does. ``rng`` None: the centred window (for
+    held-out scoring, where the view must not change between epochs).
     """
+
+    def offset(room: int) -> int:
+        return room // 2 if rng is None else int(rng.integers(0, room + 1))
+
     ch, cw = min(size, h), min(size, w)
     w_space, h_space = w - size, h - size
     if w_space > 0:
-        cont_left, img_left = 0, int(rng.integers(0, w_space + 1))
+        cont_left, img_left = 0, offset(w_space)
     else:
-        cont_left, img_left = int(rng.integers(0, -w_space + 1)), 0
+        cont_left, img_left = offset(-w_space), 0
     if h_space > 0:
-        cont_top, img_top = 0, int(rng.integers(0, h_space + 1))
+        cont_top, img_top = 0, offset(h_space)
     else:
-        cont_top, img_top = int(rng.integers(0, -h_space + 1)), 0
+        cont_top, img_top = offset(-h_space), 0
     cont = (slice(cont_top, cont_top + ch), slice(cont_left, cont_left + cw))
     src = (slice(img_top, img_top + ch), slice(img_left, img_left + cw))
     return cont, src
 
 
 def random_crop(
-    img: np.ndarray, size: int, rng: np.random.Generator, maps: np.ndarray | None = None
+    img: np.ndarray, size: int, rng: np.random.Generator | None, maps: np.ndarray | None = None
 ):
-    """Crop (or zero-pad) an (H, W, C) image, and optionally (C', H, W) maps, to size×size."""
+    """Crop (or zero-pad) an (H, W, C) image, and optionally (C', H, W) maps, to size×size
+    (the centred window where ``rng`` is None)."""
     h, w = img.shape[:2]
     cont, src = crop_box(h, w, size, rng)
     out = np.zeros((size, size, img.shape[2]), img.dtype)

@@ -413,6 +413,11 @@ def test_pipeline_on_a_voc_set_prints_the_demo_result(voc_run):
     assert result["num_images"] == 12 and result["num_labeled"] == 3
     assert result["ort_agreement"] >= 99.0
     assert result["classifier"]["heldout_images"] == 1  # 10% of 9 training images
+    # AffinityNet held out the same image; too few to judge either way
+    assert result["affinity"]["heldout_images"] == 1
+    assert result["affinity"]["verdict"] == "unknown"
+    held = (d / "out" / "cam" / "heldout.txt").read_text()
+    assert (d / "out" / "aff" / "heldout.txt").read_text() == held
     meta = json.loads((d / "out" / "bundle" / "meta.json").read_text())
     assert meta["class_thresholds"] == result["class_thresholds"]
     assert sorted(result["class_thresholds"]) == sorted(meta["classes"][1:])
