@@ -373,10 +373,10 @@ class TrainAffConfig(_Stage):
     # the reference's (64, 128, 256) for ResNet-38.
     widths: tuple[int, int, int] | None = None
     train_split: str = "train"
-    # As train_cam.holdout, and by the same hash, so the same images: AffinityNet does not
-    # train on them, and each epoch its loss on their confident pairs (no labels needed beyond
-    # the CAMs') is set beside a constant affinity's; `select: best` keeps the epoch where
-    # that gain is highest. 0 trains on every image.
+    # As train_cam.holdout, and by the same hash, so at the same fraction the same images:
+    # AffinityNet does not train on them, and each epoch its loss on their confident pairs
+    # (no labels needed beyond the CAMs') is set beside a constant affinity's; `select: best`
+    # keeps the epoch where that gain is highest. 0 trains on every image.
     holdout: float = 0.1
     select: str = "best"  # "best" (held-out pair loss) or "last" epoch
     num_workers: int = 0

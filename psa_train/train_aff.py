@@ -100,7 +100,7 @@ def train_aff(
     if held and main:
         report = verdict(out, path)
         (out / VERDICT).write_text(json.dumps(report, indent=2) + "\n")
-        if progress or report["verdict"] != "learned":
+        if progress or report["verdict"] == "no better than a constant":
             tqdm.write(report["message"], file=sys.stderr)
     return path
 
