@@ -1341,14 +1341,14 @@ def pipeline_cmd(data, out, labels, segmentation, config_path, sets):
     walk + CRF → train-seg on those labels and on the ground truth → segment with each
 
     A VOC set trains on train and labels val (eval.split); a folder trains on every image
-    (less the share train-cam holds out to judge the classifier) and labels every image.
-    Under --out: labels/ (the walk's label PNGs), labels_crf/, labels_ort/ (the bundle's),
-    cam/heldout.json (the classifier's verdict), bundle/ (meta.json holds the calibrated
-    class thresholds). Every stage skips what exists, so a re-run resumes; a re-run on other
-    data or with another recipe is refused.
+    (less the share train-cam and train-aff hold out to judge their networks) and labels every
+    image. Under --out: labels/ (the walk's label PNGs), labels_crf/, labels_ort/ (the
+    bundle's), cam/heldout.json and aff/heldout.json (the verdicts), bundle/ (meta.json holds
+    the calibrated class thresholds). Every stage skips what exists, so a re-run resumes; a
+    re-run on other data or with another recipe is refused.
 
     The last line printed is `RESULT {json}`: num_images, split, num_labeled, classifier,
-    class_thresholds, ort_agreement, ort_seconds_per_image, evaluated, seconds, stages;
+    affinity, class_thresholds, ort_agreement, ort_seconds_per_image, evaluated, seconds, stages;
     predict_f1_val where the labeled split is not training data; and when every labeled
     image has a mask (evaluated: true) cam_miou, rw_miou, rw_crf_miou, ort_miou,
     cam_miou_best and cam_best_bg_threshold, as `psa demo` prints; with the last step

@@ -112,16 +112,16 @@ def run_pipeline(
 ) -> dict:
     """Run the chain on the data set at ``data`` under ``out``; returns the RESULT dict.
 
-    Always: num_images, split (the one labeled), num_labeled, classifier (train-cam's
-    held-out verdict), class_thresholds (calibrated, also in the bundle), ort_agreement and
-    ort_seconds_per_image (the bundle's ONNX Runtime labels against the torch walk's),
-    evaluated, seconds, stages. With a split of its own to label: predict_f1_val. When every
-    labeled image has a mask (evaluated: true): cam_miou, rw_miou, rw_crf_miou, ort_miou,
-    cam_miou_best, cam_best_bg_threshold; and, with ``segmentation`` where the labeled split
-    is not training data, seg_miou (the segmentation network trained on the walk + CRF labels
-    of the training split), seg_full_miou (trained on its ground truth; when every training
-    image has some), seg_crf_miou and seg_full_crf_miou (each with the dense CRF on its
-    softmax, as ``psa segment --crf``), seg_seconds_per_image (seg.onnx, ONNX Runtime).
+    Always: num_images, split (the one labeled), num_labeled, classifier (train-cam's held-out
+    verdict), affinity (train-aff's), class_thresholds (calibrated, also in the bundle),
+    ort_agreement and ort_seconds_per_image (the bundle's ONNX Runtime labels against the torch
+    walk's), evaluated, seconds, stages. With a split of its own to label: predict_f1_val. When
+    every labeled image has a mask (evaluated: true): cam_miou, rw_miou, rw_crf_miou, ort_miou,
+    cam_miou_best, cam_best_bg_threshold; and, with ``segmentation`` where the labeled split is
+    not training data, seg_miou (the segmentation network trained on the walk + CRF labels of
+    the training split), seg_full_miou (trained on its ground truth; when every training image
+    has some), seg_crf_miou and seg_full_crf_miou (each with the dense CRF on its softmax, as
+    ``psa segment --crf``), seg_seconds_per_image (seg.onnx, ONNX Runtime).
     """
     from psa_infer.bundle import open_bundle
     from psa_infer.datasets import open_dataset
