@@ -345,7 +345,7 @@ def _seg_config(cfg: Config, cam_ckpt: Path):
 
 def _classifier_verdict(cam_dir: Path) -> dict | None:
     """train-cam's judgement of its classifier on the held-out images (None: it held out none)."""
-    from psa_train.train_cam import VERDICT
+    from psa_train.common import VERDICT
 
     path = cam_dir / VERDICT
     if not path.exists():
@@ -368,7 +368,7 @@ def _classifier_verdict(cam_dir: Path) -> dict | None:
 def _affinity_verdict(aff_dir: Path) -> dict | None:
     """train-aff's judgement of AffinityNet on the held-out images' confident pairs (None: it
     held out none)."""
-    from psa_train.train_aff import VERDICT
+    from psa_train.common import VERDICT
 
     path = aff_dir / VERDICT
     if not path.exists():

@@ -501,3 +501,31 @@ def split_holdout(samples: list, fraction: float) -> tuple[list, list]:
     n = min(len(samples) - 1, max(1, round(fraction * len(samples))))
     held = {s.id for s in keyed[:n]}
     return [s for s in samples if s.id not in held], [s for s in samples if s.id in held]
+
+
+HELDOUT_LIST = "heldout.txt"  # a stage's held-out image ids, one per line
+VERDICT = "heldout.json"  # its judgement of the kept epoch
+
+
+def kept_row(out: Path, checkpoint: Path, kind: str) -> tuple[dict, dict, int]:
+    """(the checkpoint's metadata, its epoch's row of ``out/metrics.jsonl``, the number of
+    held-out images in ``out/heldout.txt``), for a stage's verdict."""
+    from psa_train.checkpoint import read_meta
+
+    meta = read_meta(checkpoint)
+    if meta["kind"] != kind:
+        raise PsaError(f"{checkpoint}: expected a '{kind}' checkpoint, got '{meta['kind']}'")
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    row = next(r for r in rows if r["epoch"] == meta["epoch"])
+    return meta, row, len((out / HELDOUT_LIST).read_text().split())
+
+
+def write_verdict(out: Path, report: dict, say: bool) -> None:
+    """Write a stage's verdict to ``out/heldout.json``; ``say``: its message to stderr too."""
+    import sys
+
+    from tqdm import tqdm
+
+    (out / VERDICT).write_text(json.dumps(report, indent=2) + "\n")
+    if say:
+        tqdm.write(report["message"], file=sys.stderr)

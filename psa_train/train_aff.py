@@ -14,19 +14,24 @@ CAMs are right.
 
 from __future__ import annotations
 
-import json
 import math
-import sys
 from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from psa_infer.datasets import DataSet, check_images
 from psa_infer.errors import PsaError
 from psa_train.checkpoint import load_checkpoint, load_state_strict
-from psa_train.common import fit, split_holdout, start_stage, world
+from psa_train.common import (
+    HELDOUT_LIST,
+    fit,
+    kept_row,
+    split_holdout,
+    start_stage,
+    world,
+    write_verdict,
+)
 from psa_train.config import TrainAffConfig, to_dict
 from psa_train.data import AffDataset
 
@@ -99,14 +104,10 @@ def train_aff(
     path = fit(model, ds, step, cfg, out, meta, "aff", resume, progress, validate, select)
     if held and main:
         report = verdict(out, path)
-        (out / VERDICT).write_text(json.dumps(report, indent=2) + "\n")
-        if progress or report["verdict"] == "no better than a constant":
-            tqdm.write(report["message"], file=sys.stderr)
+        write_verdict(out, report, progress or report["verdict"] == "no better than a constant")
     return path
 
 
-HELDOUT_LIST = "heldout.txt"
-VERDICT = "heldout.json"
 MIN_HELDOUT = 8  # as train-cam's: fewer images say nothing either way
 PAIR_KINDS = ("bg", "fg", "neg")
 WEIGHTS = {"bg": 0.25, "fg": 0.25, "neg": 0.5}  # the loss's, SPEC §4
@@ -163,12 +164,7 @@ def constant_loss(present: dict) -> float:
 def verdict(out: Path, checkpoint: Path) -> dict:
     """Judge the kept epoch's held-out row of ``metrics.jsonl``: "learned" (beats the constant),
     "no better than a constant", or "unknown" (too few images, or no pairs of both signs)."""
-    from psa_train.checkpoint import load_checkpoint
-
-    _, meta = load_checkpoint(checkpoint, kind="aff")
-    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if x.strip()]
-    row = next(r for r in rows if r["epoch"] == meta["epoch"])
-    n = len((out / HELDOUT_LIST).read_text().split())
+    meta, row, n = kept_row(out, checkpoint, "aff")
     gain = row["heldout_aff_gain"]
     if gain is None or n < MIN_HELDOUT:
         word = "unknown"

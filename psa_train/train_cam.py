@@ -8,19 +8,24 @@ state, for ``--resume``) and, at the end, ``cam.safetensors`` + ``cam.json``.
 
 from __future__ import annotations
 
-import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from psa_infer.datasets import DataError, DataSet, check_images
 from psa_train.checkpoint import load_checkpoint, load_state_strict
-from psa_train.common import fit, split_holdout, start_stage, world
+from psa_train.common import (
+    HELDOUT_LIST,
+    fit,
+    kept_row,
+    split_holdout,
+    start_stage,
+    world,
+    write_verdict,
+)
 from psa_train.config import TrainCamConfig, to_dict
 from psa_train.data import ClsDataset
 
@@ -83,14 +88,8 @@ def train_cam(
     path = fit(model, ds, _cls_step, cfg, out, meta, "cam", resume, progress, validate, select)
     if held and main:
         report = verdict(out, path)
-        (out / VERDICT).write_text(json.dumps(report, indent=2) + "\n")
-        if progress or report["verdict"] == "near chance":
-            tqdm.write(report["message"], file=sys.stderr)
+        write_verdict(out, report, progress or report["verdict"] == "near chance")
     return path
-
-
-HELDOUT_LIST = "heldout.txt"
-VERDICT = "heldout.json"
 
 
 def class_prior(samples: list, num_classes: int) -> np.ndarray:
@@ -150,16 +149,11 @@ MIN_HELDOUT = 8  # fewer images say nothing either way
 
 def verdict(out: Path, checkpoint: Path) -> dict:
     """Read the kept epoch's held-out row from ``metrics.jsonl`` and judge it."""
-    from psa_train.checkpoint import load_checkpoint
-
-    _, meta = load_checkpoint(checkpoint, kind="cam")
-    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if x.strip()]
-    row = next(r for r in rows if r["epoch"] == meta["epoch"])
+    meta, row, n = kept_row(out, checkpoint, "cam")
     m, pm, cm = row["heldout_map"], row["heldout_prior_map"], row["heldout_chance_map"]
     loss, prior_loss = row["heldout_loss"], row["heldout_prior_loss"]
     skill = None if m is None else (m - pm) / max(1e-9, 1 - pm)
     gain = 1 - loss / prior_loss
-    n = len((out / HELDOUT_LIST).read_text().split())
     if skill is None or n < MIN_HELDOUT:
         word = "unknown"
     elif m <= cm:
