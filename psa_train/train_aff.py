@@ -179,8 +179,12 @@ def verdict(out: Path, checkpoint: Path) -> dict:
     )
     msg = (
         f"train-aff: epoch {meta['epoch']} on {n} held-out training images: pair loss "
-        f"{row['heldout_aff_loss']:.4f} (one constant affinity: {row['heldout_const_loss']:.4f}"
-        + (f", gain {gain:.1%}" if gain is not None else "")
+        f"{row['heldout_aff_loss']:.4f} ("
+        + (
+            f"one constant affinity: {row['heldout_const_loss']:.4f}, gain {gain:.1%}"
+            if gain is not None
+            else "no pairs of one sign, which one constant affinity fits exactly"
+        )
         + f"), pairs right: {right or 'none'} — "
     )
     msg += {
