@@ -138,6 +138,7 @@ def export_bundle(
             "color_order": "RGB",
             "stride": STRIDE,
             **walk.to_meta(),
+            "normalize": bool(walk.normalize),
             "alpha": {
                 "label": float(walk.alpha),
                 "low": float(aff_labels_cfg.low_alpha),

@@ -213,6 +213,8 @@ def load_meta(bundle_dir: str | os.PathLike, check_files: bool = True) -> dict:
             raise BundleError(f"{path}: missing '{key}'")
         if not check(meta[key]):
             raise BundleError(f"{path}: '{key}': expected {expected}, got {meta[key]!r}")
+    if not isinstance(meta.get("normalize", False), bool):  # optional: absent in older bundles
+        raise BundleError(f"{path}: 'normalize': expected true or false, got {meta['normalize']!r}")
     if meta["classes"][0] != "background":
         raise BundleError(f"{path}: 'classes': expected 'background' first, got {meta['classes']}")
     try:

@@ -45,9 +45,14 @@ class WalkParams:
     steps: int  # t = 2 ** logt
     radius: int  # pair radius on the stride-8 grid
     pairs: str  # "full" (every in-bounds pair) or "psa" (the reference's set)
+    # Divide each walked channel by its maximum over the image (``peak_normalize``), so that
+    # every present class, and the background, keeps its peak whatever the walk spread over
+    # it. The reference compares the raw walked scores (False).
+    normalize: bool = False
 
     def to_meta(self) -> dict:
-        """The bundle's meta.json keys for these settings (alpha goes under alpha.label)."""
+        """rw.onnx's settings as meta.json keys (alpha goes under alpha.label, normalize under
+        its own key: neither is part of the walk graph)."""
         return {
             "radius": int(self.radius),
             "beta": float(self.beta),
@@ -64,6 +69,8 @@ class WalkParams:
             steps=int(meta["steps"]),
             radius=int(meta["radius"]),
             pairs=meta["pairs"],
+            # Bundles exported before the key existed compare the raw walked scores.
+            normalize=bool(meta.get("normalize", False)),
         )
 
 
@@ -98,9 +105,24 @@ def walk_scores_at_stride(
         )
     v = avg_pool(scores, STRIDE)
     if walk is not None:
-        return np.asarray(walk(v, features), np.float32)
-    aff = pair_affinity(features, radius=params.radius, pairs=params.pairs)
-    return random_walk(v, aff, beta=params.beta, steps=params.steps, radius=params.radius)
+        walked = np.asarray(walk(v, features), np.float32)
+    else:
+        aff = pair_affinity(features, radius=params.radius, pairs=params.pairs)
+        walked = random_walk(v, aff, beta=params.beta, steps=params.steps, radius=params.radius)
+    return peak_normalize(walked) if params.normalize else walked
+
+
+def peak_normalize(scores: np.ndarray) -> np.ndarray:
+    """Each channel of (C, h, w) scores divided by its maximum (all-zero channels stay zero).
+
+    The walk makes every score a weighted mean of the scores around it. Where AffinityNet's
+    affinities are weak across an object's edge, the large background's scores flow into a
+    small object and its class's scores flow out, until no pixel of the object prefers its
+    class: a present class vanishes from the label. After this every channel peaks at 1, so
+    the argmax keeps each class at least where its walked score is highest.
+    """
+    peak = scores.reshape(len(scores), -1).max(axis=1, initial=0.0)
+    return (scores / np.where(peak > 0, peak, 1.0)[:, None, None]).astype(np.float32)
 
 
 def upsample_scores(scores: np.ndarray) -> np.ndarray:

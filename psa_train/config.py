@@ -481,6 +481,8 @@ class LabelConfig(_Stage):
     logt: int = REFERENCE_WALK.steps.bit_length() - 1  # steps = 2 ** logt = 256
     radius: int = REFERENCE_WALK.radius
     pairs: str = REFERENCE_WALK.pairs  # "psa" reproduces the reference's border quirk bit for bit
+    # Each walked channel divided by its maximum before the argmax (WalkParams.normalize).
+    normalize: bool = REFERENCE_WALK.normalize
     crf: bool = False
     split: str = "train"
     class_threshold: float = 0.5  # for --predict-classes: sigmoid(logit) above this
@@ -488,7 +490,9 @@ class LabelConfig(_Stage):
 
     def walk(self) -> WalkParams:
         """These settings as the runtime takes them (``2 ** logt`` steps)."""
-        return WalkParams(self.alpha, self.beta, 2**self.logt, self.radius, self.pairs)
+        return WalkParams(
+            self.alpha, self.beta, 2**self.logt, self.radius, self.pairs, self.normalize
+        )
 
     section: ClassVar[str] = "label"
     ranges: ClassVar[dict[str, Check]] = {
@@ -499,6 +503,7 @@ class LabelConfig(_Stage):
         "logt": Int(0, 12),
         "radius": RADIUS,
         "pairs": PAIRS,
+        "normalize": BOOL,
         "crf": BOOL,
         "split": NAME,
         # A probability compared with ">": 1 predicts no class at all (every pixel background),

@@ -59,6 +59,7 @@ def edit_meta(bundle, **changes):
         ({"schema_version": 2}, r"schema_version 2 \(written by psa 0.1.0\), this runtime reads 1"),
         ({"models": {"cam": {}}}, r"missing 'models.cam.file'"),
         ({"beta": 4.0}, r"rw.onnx: built with beta=8.0, meta.json says 4.0 — re-export"),
+        ({"normalize": "yes"}, r"'normalize': expected true or false, got 'yes'$"),
     ],
 )
 def test_meta_errors_are_one_line(bundle, changes, message):
@@ -94,7 +95,7 @@ def test_missing_and_replaced_onnx_files(tiny_bundle, tmp_path):
     assert load_meta(b, check_files=False)["opset"] == 17
 
 
-def test_open_bundle_reads_everything_from_meta(tiny_bundle):
+def test_open_bundle_reads_everything_from_meta(tiny_bundle, tmp_path):
     with open_bundle(tiny_bundle.bundle) as opened:
         lab = opened.labeler
         # ONNX Runtime's CPU provider: the numpy walk (faster there); rw.onnx on GPUs
@@ -103,6 +104,14 @@ def test_open_bundle_reads_everything_from_meta(tiny_bundle):
         assert lab.scales == (1.0, 0.5) and lab.flip and lab.mean == (0.485, 0.456, 0.406)
         wp = lab.walk_params
         assert (wp.alpha, wp.beta, wp.steps, wp.radius, wp.pairs) == (16.0, 8.0, 256, 5, "full")
+        assert opened.meta["normalize"] is False and wp.normalize is False  # the reference's
+    copy = shutil.copytree(tiny_bundle.bundle, tmp_path / "b")
+    edit_meta(copy, normalize=True)  # not part of rw.onnx: meta.json alone says it
+    with open_bundle(copy) as opened:
+        assert opened.labeler.walk_params.normalize is True
+    edit_meta(copy, normalize=None)  # a bundle exported before the key existed
+    with open_bundle(copy) as opened:
+        assert opened.labeler.walk_params.normalize is False
     with open_bundle(tiny_bundle.bundle, walk="onnx") as opened:
         assert opened.walk == "onnx" and set(opened.providers) == {"cam", "aff", "rw"}
     with pytest.raises(ValueError, match="walk: expected one of auto, onnx, numpy"):
