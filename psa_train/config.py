@@ -541,7 +541,15 @@ class DemoConfig(_Stage):
 
     # The keys of psa_train.synthetic.STYLES, kept here so that reading a config draws in no
     # image code (a test checks that the two agree).
-    styles: ClassVar[tuple[str, ...]] = ("default", "parts", "textured", "many")
+    styles: ClassVar[tuple[str, ...]] = (
+        "default",
+        "parts",
+        "textured",
+        "many",
+        "plain",
+        "small",
+        "classes12",
+    )
     section: ClassVar[str] = "demo"
     ranges: ClassVar[dict[str, Check]] = {
         "num_images": Int(8),  # as psa demo --num-images

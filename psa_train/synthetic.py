@@ -26,7 +26,8 @@ pixels wide (one pixel on each side) along every boundary between different labe
 
 The other styles change one or a few of these (``STYLES``): ``parts`` halves the head,
 ``textured`` drops it and gives each class its own texture over the whole body (larger objects),
-``many`` has 12 classes, small objects, up to 6 per image and plain or blurred backgrounds.
+``many`` has 12 classes, small objects, up to 6 per image and plain or blurred backgrounds;
+``plain``, ``small`` and ``classes12`` each take one of ``many``'s changes alone.
 Every data set written records its style and its measured ``statistics`` in psa_dataset.json.
 
 Output is byte-identical for the same (style, seed, num_images, size, num_classes,
@@ -155,6 +156,9 @@ class Style:
 #   parts          6     0.298       1.71 (1-3)       1.37         0.053        0.57
 #   textured       6     0.368       1.52 (1-2)       1.30           -          0.68
 #   many          12     0.114       2.93 (1-6)       1.87         0.120        0.28
+#   plain          6     0.299       1.78 (1-3)       1.40         0.120        0.57
+#   small          6     0.084       2.09 (1-3)       1.55         0.119        0.28
+#   classes12     12     0.297       1.72 (1-3)       1.37         0.119        0.57
 STYLES = {
     "default": Style(
         "default",
@@ -185,6 +189,22 @@ STYLES = {
         class_p=(0.3, 0.3, 0.25, 0.15),
         max_objects=6,
         background="plain",
+    ),
+    # `many` changes four things at once; each of these changes one of them, to tell which
+    # one a recipe fails on. Product shots: the default scenes on plain or blurred backdrops.
+    "plain": Style(
+        "plain",
+        background="plain",
+    ),
+    # The default scenes with objects of `many`'s size: the head spans 1-2 stride-8 cells.
+    "small": Style(
+        "small",
+        extent=(0.18, 0.40),
+    ),
+    # The default scenes with `many`'s 12 classes (patterns repeat with another hue).
+    "classes12": Style(
+        "classes12",
+        num_classes=12,
     ),
 }
 

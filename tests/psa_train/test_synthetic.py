@@ -260,6 +260,9 @@ STYLE_RANGES = {
     "parts": ((0.22, 0.38), (1.4, 2.1), (0.045, 0.065), (0.50, 0.66)),
     "textured": ((0.30, 0.45), (1.3, 1.8), None, (0.62, 0.75)),
     "many": ((0.08, 0.16), (2.4, 3.6), (0.10, 0.14), (0.23, 0.33)),
+    "plain": ((0.22, 0.38), (1.4, 2.1), (0.10, 0.14), (0.50, 0.66)),
+    "small": ((0.05, 0.12), (1.4, 2.6), (0.10, 0.14), (0.23, 0.33)),
+    "classes12": ((0.22, 0.38), (1.4, 2.1), (0.10, 0.14), (0.50, 0.66)),
 }
 
 
@@ -305,10 +308,11 @@ def _background_detail(rendered: list) -> float:
     return float(np.mean(diffs))
 
 
-def test_many_has_plain_backgrounds(styled: dict) -> None:
+@pytest.mark.parametrize("name", ["many", "plain"])
+def test_plain_backgrounds(styled: dict, name: str) -> None:
     # Plain ramps and blurred photos carry less detail than photo crops and fractal noise;
     # the grain (sigma 2) keeps both above zero.
-    assert _background_detail(styled["many"]) < 0.5 * _background_detail(styled["default"])
+    assert _background_detail(styled[name]) < 0.5 * _background_detail(styled["default"])
 
 
 def test_style_and_statistics_are_recorded(tmp_path: Path) -> None:
@@ -318,5 +322,5 @@ def test_style_and_statistics_are_recorded(tmp_path: Path) -> None:
     assert meta["generator"]["num_classes"] == 12 and len(meta["classes"]) == 13
     assert meta["statistics"] == info["statistics"]
     assert meta["statistics"]["images"] == 4
-    with pytest.raises(PsaError, match=r"style must be one of default, parts, textured, many"):
+    with pytest.raises(PsaError, match=r"style must be one of default, parts, .*, classes12"):
         make_synthetic(tmp_path / "e", num_images=4, style="cartoon")
