@@ -617,11 +617,13 @@ def label_cmd(
     """Pseudo labels (palette PNGs) for SOURCE: a data set, an image folder or one image.
 
     CAMs of the present classes are spread over whole objects by a random walk over
-    AffinityNet's affinities (α=16, β=8, t=256 by default), upsampled and argmaxed.
+    AffinityNet's affinities (α=16, β=8, t=256 by default), upsampled and argmaxed; with
+    label.normalize (the demo recipe's) each walked class is first divided by its maximum.
 
     \b
     --backend torch        --cam CKPT --aff CKPT (settings from the config)
-    --backend onnxruntime  --model BUNDLE (scales, α, β, t, radius, pairs from its meta.json)
+    --backend onnxruntime  --model BUNDLE (scales, α, β, t, radius, pairs, normalize from its
+                           meta.json)
     --backend tensorrt     --model BUNDLE after `psa build-engine BUNDLE` on this machine
     The bundle backends never import torch.
 
