@@ -112,6 +112,10 @@ def walk_scores_at_stride(
     return peak_normalize(walked) if params.normalize else walked
 
 
+# peak_normalize raises no channel whose peak is below this share of the strongest channel's.
+PEAK_FLOOR = 1e-3
+
+
 def peak_normalize(scores: np.ndarray) -> np.ndarray:
     """Each channel of (C, h, w) scores divided by its maximum (all-zero channels stay zero).
 
@@ -120,8 +124,13 @@ def peak_normalize(scores: np.ndarray) -> np.ndarray:
     small object and its class's scores flow out, until no pixel of the object prefers its
     class: a present class vanishes from the label. After this every channel peaks at 1, so
     the argmax keeps each class at least where its walked score is highest.
+
+    A channel whose peak is below ``PEAK_FLOOR`` of the strongest channel's is divided by that
+    floor instead: it holds no evidence worth raising, and where a walk has mixed a channel
+    flat, raising it to 1 would tie it with the others and leave the argmax to rounding.
     """
     peak = scores.reshape(len(scores), -1).max(axis=1, initial=0.0)
+    peak = np.maximum(peak, PEAK_FLOOR * peak.max(initial=0.0))
     return (scores / np.where(peak > 0, peak, 1.0)[:, None, None]).astype(np.float32)
 
 

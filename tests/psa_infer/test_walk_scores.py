@@ -26,6 +26,17 @@ def test_peak_normalize_scales_each_channel_to_one_and_keeps_zero_channels():
     np.testing.assert_allclose(out[2] * s[2].max(), s[2], rtol=1e-6)  # shape kept, only scaled
 
 
+def test_peak_normalize_does_not_raise_a_channel_of_rounding_dust():
+    # A walk mixed flat: the background's 2e-6 everywhere (as a tiny untrained AffinityNet
+    # leaves it) must not be raised to tie with the class's 0.57.
+    s = np.stack([np.full((4, 4), 2.3e-6), np.full((4, 4), 0.568)]).astype(np.float32)
+    s[0, 0, 0] += 1e-12
+    out = peak_normalize(s)
+    assert (out.argmax(axis=0) == 1).all()
+    np.testing.assert_allclose(out[1], 1.0, rtol=1e-6)
+    np.testing.assert_allclose(out[0], 2.3e-6 / (1e-3 * 0.568), rtol=1e-4)
+
+
 def small_object_scene(grid: int = 16):
     """A disc of 13 stride-8 cells whose CAM is 0.3 with a 1.0 peak at its centre, and
     affinity features that set it apart from the background by a mean |difference| of 0.5
