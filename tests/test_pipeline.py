@@ -400,7 +400,13 @@ def folder_run(tmp_path_factory):
         shutil.copy(d / "syn" / "JPEGImages" / f"{i}.jpg", folder / f"{i}.jpg")
         rows.append(f"{i}.jpg,{';'.join(names)}")
     (folder / "labels.csv").write_text("\n".join(rows) + "\n")
-    r = CliRunner().invoke(main, [str(a) for a in ("pipeline", folder, "-o", d / "out")] + PIPELINE)
+    # The raw walk: on these 12 images of 64 px the tiny networks learn next to nothing, the
+    # walk mixes some images flat, and peak-normalised flat channels tie at 1, so their argmax
+    # is decided by rounding and the two backends agree on only 89-96 % of pixels. The VOC
+    # run above checks the two backends' agreement on the recipe's normalised walk.
+    raw = ["--set", "label.normalize=false"]
+    args = [str(a) for a in ("pipeline", folder, "-o", d / "out")] + PIPELINE + raw
+    r = CliRunner().invoke(main, args)
     assert r.exit_code == 0, r.output
     return d, result_of(r.stdout), r.stderr
 
