@@ -41,7 +41,8 @@ DEMO_RECIPE = Path(__file__).resolve().parent / "configs" / "synthetic_demo.yaml
 RUN_FILE = "pipeline.json"  # which data set an output folder's run is on
 # What the stages write under the output folder (the demo's data set first).
 OUTPUTS = ("data", "cam", "cams", "aff_labels", "aff", "labels", "labels_crf", "bundle", "seg")
-# train_seg.weights meaning "the backbone of this run's classifier" (psa_pipeline only).
+# train_aff.weights / train_seg.weights meaning "the backbone of this run's classifier"
+# (psa_pipeline only).
 CAM_WEIGHTS = "cam"
 # Settings a resumed run may change: where it runs, not what it computes.
 FREE_TO_CHANGE = ("device", "num_workers")
@@ -181,8 +182,9 @@ def run_pipeline(
         aff_ckpt = out / "aff" / "aff.safetensors"
         if not aff_ckpt.exists():
             tc = cfg.train_cam
+            aff_cfg = _from_classifier(cfg, "train_aff", ckpt)
             aff_ckpt = train_aff(
-                ds, out / "aff_labels", out / "aff", cfg.train_aff, tc.mean, tc.std, resume=True
+                ds, out / "aff_labels", out / "aff", aff_cfg, tc.mean, tc.std, resume=True
             )
 
     labeler, _ = torch_labeler(ckpt, aff_ckpt, cfg.label, cfg.make_cam)
@@ -304,7 +306,7 @@ def _segmentation(ds, out: Path, cfg: Config, labeler, items, split, common, tim
     if all(ds.has_ground_truth(s) for s in train):
         runs["seg_full"] = None  # the data set's masks
     result = {}
-    seg_cfg = _seg_config(cfg, out / "cam" / "cam.safetensors")
+    seg_cfg = _from_classifier(cfg, "train_seg", out / "cam" / "cam.safetensors")
     for name, labels in runs.items():
         what = "ground truth" if labels is None else "walk + CRF labels"
         with timer.stage(f"train-seg ({what})"):
@@ -328,19 +330,19 @@ def _segmentation(ds, out: Path, cfg: Config, labeler, items, split, common, tim
     return result
 
 
-def _seg_config(cfg: Config, cam_ckpt: Path):
-    """``cfg.train_seg``, where ``weights: cam`` becomes this run's classifier checkpoint: the
-    segmentation network starts from the backbone train-cam trained (its backbone must be the
-    classifier's)."""
-    seg = cfg.train_seg
-    if seg.weights != CAM_WEIGHTS:
-        return seg
-    if seg.backbone != cfg.train_cam.backbone:
+def _from_classifier(cfg: Config, section: str, cam_ckpt: Path):
+    """``cfg.<section>`` (train_aff or train_seg), where ``weights: cam`` becomes this run's
+    classifier checkpoint: the stage's network starts from the backbone train-cam trained (its
+    backbone must be the classifier's)."""
+    stage = getattr(cfg, section)
+    if stage.weights != CAM_WEIGHTS:
+        return stage
+    if stage.backbone != cfg.train_cam.backbone:
         raise PsaError(
-            f"train_seg.weights: 'cam' starts from the classifier's {cfg.train_cam.backbone} "
-            f"backbone, but train_seg.backbone is {seg.backbone}"
+            f"{section}.weights: 'cam' starts from the classifier's {cfg.train_cam.backbone} "
+            f"backbone, but {section}.backbone is {stage.backbone}"
         )
-    return _replace(seg, weights=str(cam_ckpt))
+    return _replace(stage, weights=str(cam_ckpt))
 
 
 def _classifier_verdict(cam_dir: Path) -> dict | None:

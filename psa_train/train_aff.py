@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from psa_infer.datasets import DataSet, check_images
+from psa_infer.datasets import DataError, DataSet, check_images
 from psa_infer.errors import PsaError
 from psa_train.checkpoint import load_checkpoint, load_state_strict
 from psa_train.common import (
@@ -56,6 +56,11 @@ def train_aff(
     """Train AffinityNet on the la/ha maps in ``label_dir``; returns the checkpoint path."""
     from psa_train.networks import affinity_loss, pair_affinity_torch
 
+    if cfg.weights == "cam":
+        raise DataError(
+            "train_aff.weights: 'cam' (the classifier of the same run) is what psa pipeline "
+            "and psa demo give; here give the file: --weights RUN/cam/cam.safetensors"
+        )
     out, device = start_stage(out, cfg)
     torch.manual_seed(cfg.seed)
     samples = dataset.split(cfg.train_split)

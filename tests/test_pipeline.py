@@ -316,6 +316,8 @@ def test_demo_prints_result_line_and_overview(tmp_path):
         *SCALES,
         "--set",
         "train_seg.weights=cam",  # the demo recipe's: start from train-cam's backbone
+        "--set",
+        "train_aff.weights=cam",
     )
     result = result_of(stdout)
     for key in ("cam_miou", "rw_miou", "rw_crf_miou", "ort_miou", "ort_agreement", "seconds"):
@@ -331,9 +333,9 @@ def test_demo_prints_result_line_and_overview(tmp_path):
     assert result["seg_seconds_per_image"] > 0
     assert len(list((out / "labels_train_crf").glob("*.png"))) == 9  # 12 images: 9 train
     assert (out / "seg_bundle" / "seg.onnx").exists() and (out / "seg_full" / "seg.json").exists()
-    for run_dir in ("seg", "seg_full"):
-        seg_cfg = yaml.safe_load((out / run_dir / "config.yaml").read_text())
-        assert seg_cfg["weights"] == str(out / "cam" / "cam.safetensors")
+    for run_dir in ("aff", "seg", "seg_full"):
+        stage_cfg = yaml.safe_load((out / run_dir / "config.yaml").read_text())
+        assert stage_cfg["weights"] == str(out / "cam" / "cam.safetensors")
     assert 0 <= result["cam_miou"] <= 100 and result["seconds"] > 0
     # the torch-free onnxruntime runtime labels like the torch backend
     assert result["ort_agreement"] >= 99.0
@@ -351,21 +353,28 @@ def test_demo_prints_result_line_and_overview(tmp_path):
     assert (out / "bundle" / "meta.json").exists()
 
 
-def test_seg_weights_cam_needs_the_classifiers_backbone(chain, tmp_path):
-    from psa_pipeline import _seg_config, load_recipe
+@pytest.mark.parametrize("section", ["train_aff", "train_seg"])
+def test_weights_cam_needs_the_classifiers_backbone(chain, tmp_path, section):
+    from psa_pipeline import _from_classifier, load_recipe
 
-    cfg = load_recipe(None, [])
-    assert cfg.train_seg.weights == "cam"  # the demo recipe's
+    cfg = load_recipe(None, [f"{section}.weights=cam"])  # train_seg's in the demo recipe
     ckpt = tmp_path / "cam.safetensors"
-    assert _seg_config(cfg, ckpt).weights == str(ckpt)
-    other = load_recipe(None, ["train_seg.backbone=tiny"])
-    with pytest.raises(PsaError, match="starts from the classifier's mobilenet_v2_d12 backbone"):
-        _seg_config(other, ckpt)
-    # train-seg on its own needs the file
-    args = ["train-seg", chain / "data", "--labels-dir", chain / "labels", "-o", tmp_path / "o"]
-    r = CliRunner().invoke(main, [str(a) for a in (*args, "--weights", "cam")])
+    assert _from_classifier(cfg, section, ckpt).weights == str(ckpt)
+    kept = load_recipe(None, [f"{section}.weights=default"])
+    assert _from_classifier(kept, section, ckpt) == getattr(kept, section)
+    other = load_recipe(None, [f"{section}.weights=cam", f"{section}.backbone=tiny"])
+    with pytest.raises(PsaError, match=f"{section}.weights: 'cam' starts from the classifier's"):
+        _from_classifier(other, section, ckpt)
+    # the stage's own command needs the file
+    if section == "train_seg":
+        args = ["train-seg", chain / "data", "--labels-dir", chain / "labels"]
+    else:
+        args = ["train-aff", chain / "data", "--aff-labels", chain / "affl"]
+    args += ["-o", tmp_path / "o", "--weights", "cam"]
+    r = CliRunner().invoke(main, [str(a) for a in args])
     assert r.exit_code == 1 and "Traceback" not in r.output
     assert "here give the file: --weights RUN/cam/cam.safetensors" in r.stderr
+    assert not (tmp_path / "o").exists()  # refused before the stage starts
 
 
 # --------------------------------------------------------------------------- psa pipeline
