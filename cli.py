@@ -622,8 +622,8 @@ def label_cmd(
 
     \b
     --backend torch        --cam CKPT --aff CKPT (settings from the config)
-    --backend onnxruntime  --model BUNDLE (scales, α, β, t, radius, pairs, normalize from its
-                           meta.json)
+    --backend onnxruntime  --model BUNDLE (scales, α, β, t, radius, pairs, normalize and
+                           the CRF's crf_sxy from its meta.json)
     --backend tensorrt     --model BUNDLE after `psa build-engine BUNDLE` on this machine
     The bundle backends never import torch.
 

@@ -139,6 +139,7 @@ def export_bundle(
             "stride": STRIDE,
             **walk.to_meta(),
             "normalize": bool(walk.normalize),
+            "crf_sxy": float(walk.crf_sxy),
             "alpha": {
                 "label": float(walk.alpha),
                 "low": float(aff_labels_cfg.low_alpha),

@@ -47,6 +47,7 @@ from psa_infer.backends import (
     sidecar_path,
     walk_from,
 )
+from psa_infer.crf import REFERENCE_BILATERAL_SXY
 from psa_infer.errors import PsaError
 from psa_infer.pipeline import STRIDE, Labeler, LabelResult, WalkParams, label_image
 from psa_infer.profiles import DEFAULT_SIDES, check_image_size, engine_profiles, profile_strings
@@ -215,6 +216,9 @@ def load_meta(bundle_dir: str | os.PathLike, check_files: bool = True) -> dict:
             raise BundleError(f"{path}: '{key}': expected {expected}, got {meta[key]!r}")
     if not isinstance(meta.get("normalize", False), bool):  # optional: absent in older bundles
         raise BundleError(f"{path}: 'normalize': expected true or false, got {meta['normalize']!r}")
+    sxy = meta.get("crf_sxy", REFERENCE_BILATERAL_SXY)  # optional: absent in older bundles
+    if isinstance(sxy, bool) or not isinstance(sxy, (int, float)) or not sxy > 0:
+        raise BundleError(f"{path}: 'crf_sxy': expected a number > 0, got {sxy!r}")
     if meta["classes"][0] != "background":
         raise BundleError(f"{path}: 'classes': expected 'background' first, got {meta['classes']}")
     try:

@@ -11,6 +11,9 @@ import numpy as np
 from psa_infer.errors import PsaError
 from psa_infer.randomwalk import _describe
 
+# The reference's bilateral kernel width in pixels (SPEC §2), made for VOC's ~500-px photos.
+REFERENCE_BILATERAL_SXY = 80.0
+
 
 def crf_inference(
     image: np.ndarray,
@@ -18,7 +21,7 @@ def crf_inference(
     iterations: int = 10,
     gaussian_sxy: float = 3,
     gaussian_compat: float = 3,
-    bilateral_sxy: float = 80,
+    bilateral_sxy: float = REFERENCE_BILATERAL_SXY,
     bilateral_srgb: float = 13,
     bilateral_compat: float = 10,
 ) -> np.ndarray:

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from psa_infer.cam import STRIDE, TILE, TILE_MARGIN, forward_tiled, multiscale_cam, normalize_image
+from psa_infer.crf import REFERENCE_BILATERAL_SXY
 from psa_infer.datasets import Sample
 from psa_infer.errors import PsaError
 from psa_infer.ops import avg_pool, pad_to_multiple, resize_bilinear, scores_with_background
@@ -49,10 +50,13 @@ class WalkParams:
     # every present class, and the background, keeps its peak whatever the walk spread over
     # it. The reference compares the raw walked scores (False).
     normalize: bool = False
+    # Width in pixels of the dense CRF's bilateral kernel (``label --crf``); the reference's
+    # (SPEC §2) is the default.
+    crf_sxy: float = REFERENCE_BILATERAL_SXY
 
     def to_meta(self) -> dict:
-        """rw.onnx's settings as meta.json keys (alpha goes under alpha.label, normalize under
-        its own key: neither is part of the walk graph)."""
+        """rw.onnx's settings as meta.json keys (alpha goes under alpha.label, normalize and
+        crf_sxy under their own keys: none is part of the walk graph)."""
         return {
             "radius": int(self.radius),
             "beta": float(self.beta),
@@ -71,6 +75,7 @@ class WalkParams:
             pairs=meta["pairs"],
             # Bundles exported before the key existed compare the raw walked scores.
             normalize=bool(meta.get("normalize", False)),
+            crf_sxy=float(meta.get("crf_sxy", REFERENCE_BILATERAL_SXY)),
         )
 
 
@@ -146,14 +151,16 @@ def scores_to_label(scores: np.ndarray, keys: Sequence[int], size: tuple[int, in
     return lut[scores[:, :h, :w].argmax(axis=0)]
 
 
-def crf_refine(img: np.ndarray, scores: np.ndarray) -> np.ndarray:
+def crf_refine(
+    img: np.ndarray, scores: np.ndarray, bilateral_sxy: float = REFERENCE_BILATERAL_SXY
+) -> np.ndarray:
     """Dense-CRF the walked scores (normalised per pixel to a distribution): (K+1, H, W)."""
     from psa_infer.crf import crf_inference
 
     h, w = img.shape[:2]
     s = np.maximum(scores[:, :h, :w], 0)
     p = s / np.maximum(s.sum(axis=0, keepdims=True), 1e-5)
-    return crf_inference(img, p.astype(np.float32))
+    return crf_inference(img, p.astype(np.float32), bilateral_sxy=bilateral_sxy)
 
 
 def classes_above(scores: np.ndarray, threshold: float | Sequence[float]) -> tuple[int, ...]:
@@ -261,7 +268,7 @@ class Labeler:
             scores = upsample_scores(rw)
         if crf:
             with _timed(times, "crf"):
-                scores = crf_refine(img, scores)
+                scores = crf_refine(img, scores, self.walk_params.crf_sxy)
         with _timed(times, "argmax"):
             return scores_to_label(scores, keys, (h, w))
 

@@ -24,6 +24,7 @@ from typing import ClassVar
 import yaml
 
 from psa_infer.cam import STRIDE  # the networks' output stride: CAMs and features at 1/8
+from psa_infer.crf import REFERENCE_BILATERAL_SXY
 from psa_infer.errors import PsaError
 from psa_infer.pipeline import REFERENCE_WALK, WalkParams
 
@@ -322,7 +323,7 @@ class AffLabelsConfig(_Stage):
     crf: bool = True
     crf_iterations: int = 10
     # The bilateral kernel's spatial width in pixels (reference: 80, for ~500-px VOC images).
-    crf_bilateral_sxy: float = 80.0
+    crf_bilateral_sxy: float = REFERENCE_BILATERAL_SXY
     split: str = "train"
 
     section: ClassVar[str] = "aff_labels"
@@ -484,6 +485,7 @@ class LabelConfig(_Stage):
     # Each walked channel divided by its maximum before the argmax (WalkParams.normalize).
     normalize: bool = REFERENCE_WALK.normalize
     crf: bool = False
+    crf_sxy: float = REFERENCE_WALK.crf_sxy  # the dense CRF's bilateral width, pixels
     split: str = "train"
     class_threshold: float = 0.5  # for --predict-classes: sigmoid(logit) above this
     device: str = "auto"
@@ -491,7 +493,13 @@ class LabelConfig(_Stage):
     def walk(self) -> WalkParams:
         """These settings as the runtime takes them (``2 ** logt`` steps)."""
         return WalkParams(
-            self.alpha, self.beta, 2**self.logt, self.radius, self.pairs, self.normalize
+            self.alpha,
+            self.beta,
+            2**self.logt,
+            self.radius,
+            self.pairs,
+            self.normalize,
+            self.crf_sxy,
         )
 
     section: ClassVar[str] = "label"
@@ -505,6 +513,7 @@ class LabelConfig(_Stage):
         "pairs": PAIRS,
         "normalize": BOOL,
         "crf": BOOL,
+        "crf_sxy": POSITIVE,
         "split": NAME,
         # A probability compared with ">": 1 predicts no class at all (every pixel background),
         # a tested edge case; 0 would predict every class.

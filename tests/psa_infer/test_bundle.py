@@ -60,6 +60,8 @@ def edit_meta(bundle, **changes):
         ({"models": {"cam": {}}}, r"missing 'models.cam.file'"),
         ({"beta": 4.0}, r"rw.onnx: built with beta=8.0, meta.json says 4.0 — re-export"),
         ({"normalize": "yes"}, r"'normalize': expected true or false, got 'yes'$"),
+        ({"crf_sxy": 0}, r"'crf_sxy': expected a number > 0, got 0$"),
+        ({"crf_sxy": "80"}, r"'crf_sxy': expected a number > 0, got '80'$"),
     ],
 )
 def test_meta_errors_are_one_line(bundle, changes, message):
@@ -112,6 +114,13 @@ def test_open_bundle_reads_everything_from_meta(tiny_bundle, tmp_path):
     edit_meta(copy, normalize=None)  # a bundle exported before the key existed
     with open_bundle(copy) as opened:
         assert opened.labeler.walk_params.normalize is False
+    assert opened.meta["crf_sxy"] == 80.0  # the reference's bilateral width, written out
+    edit_meta(copy, crf_sxy=50)
+    with open_bundle(copy) as opened:
+        assert opened.labeler.walk_params.crf_sxy == 50.0
+    edit_meta(copy, crf_sxy=None)  # exported before the key existed: the reference's
+    with open_bundle(copy) as opened:
+        assert opened.labeler.walk_params.crf_sxy == 80.0
     with open_bundle(tiny_bundle.bundle, walk="onnx") as opened:
         assert opened.walk == "onnx" and set(opened.providers) == {"cam", "aff", "rw"}
     with pytest.raises(ValueError, match="walk: expected one of auto, onnx, numpy"):

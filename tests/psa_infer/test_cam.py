@@ -178,3 +178,22 @@ def test_label_with_tiles_matches_untiled_labels():
     whole = labeler(tile=None).label(img, [1, 6])
     assert set(np.unique(whole)) > {0}  # a label map with something to compare
     np.testing.assert_array_equal(tiled, whole)
+
+
+def test_label_crf_uses_the_walk_params_bilateral_width(monkeypatch):
+    import psa_infer.crf as crf_mod
+
+    widths = []
+
+    def recording(img, probs, **kw):
+        widths.append(kw["bilateral_sxy"])
+        return probs
+
+    monkeypatch.setattr(crf_mod, "crf_inference", recording)
+    img = image(40, 48)
+    labeler().label(img, [1, 3], crf=True)
+    params = replace(REFERENCE_WALK, steps=8, crf_sxy=50.0)
+    Labeler(local_net(6, 1), local_net(8, 2), MEAN, STD, walk_params=params).label(
+        img, [1, 3], crf=True
+    )
+    assert widths == [80.0, 50.0]  # the reference's (SPEC §2), then the bundle's own
