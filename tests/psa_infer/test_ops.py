@@ -126,4 +126,7 @@ def test_background_matches_reference_at_original_size():
     cams = np.zeros((20, height, width), np.float32)
     cams[g["cam_keys"]] = g["cam_values"]
     scores = ops.scores_with_background(cams, 16)
-    np.testing.assert_array_equal(scores, g["cam_full_padded"][:, :height, :width])
+    # numpy's float32 power takes another SIMD path on CPUs without AVX-512 and may round the
+    # last bit differently (1 % of pixels, 1 ulp, on a 2-core AMD EPYC); the rest is exact.
+    np.testing.assert_array_max_ulp(scores, g["cam_full_padded"][:, :height, :width], maxulp=1)
+    np.testing.assert_array_equal(scores[1:], g["cam_full_padded"][1:, :height, :width])

@@ -194,9 +194,11 @@ def test_full_labeling_chain_reproduces_reference_labels():
     cams[g["cam_keys"]] = g["cam_values"]
     scores = ops.scores_with_background(cams, alpha=meta["alpha"])  # channel k+1 = class k
     padded = ops.pad_to_multiple(scores, 8)
-    np.testing.assert_array_equal(padded, g["cam_full_padded"])
+    # The background's float32 power may differ in its last bit between CPUs (test_ops:
+    # test_background_matches_reference_at_original_size); the pooled means then by a few ulp.
+    np.testing.assert_array_max_ulp(padded, g["cam_full_padded"], maxulp=1)
     pooled = ops.avg_pool(padded, 8)
-    np.testing.assert_array_equal(pooled.reshape(21, -1), g["cam_vec"])
+    np.testing.assert_allclose(pooled.reshape(21, -1), g["cam_vec"], rtol=1e-6, atol=0)
 
     aff = pair_affinity(g["features"][0], radius=5, pairs="psa")
     walked = random_walk(pooled, aff, beta=meta["beta"], steps=2 ** meta["logt"], radius=5)
