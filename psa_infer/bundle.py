@@ -217,8 +217,8 @@ def load_meta(bundle_dir: str | os.PathLike, check_files: bool = True) -> dict:
     if not isinstance(meta.get("normalize", False), bool):  # optional: absent in older bundles
         raise BundleError(f"{path}: 'normalize': expected true or false, got {meta['normalize']!r}")
     sxy = meta.get("crf_sxy", REFERENCE_BILATERAL_SXY)  # optional: absent in older bundles
-    if isinstance(sxy, bool) or not isinstance(sxy, (int, float)) or not sxy > 0:
-        raise BundleError(f"{path}: 'crf_sxy': expected a number > 0, got {sxy!r}")
+    if isinstance(sxy, bool) or not isinstance(sxy, (int, float)) or not 0 < sxy < math.inf:
+        raise BundleError(f"{path}: 'crf_sxy': expected a finite number > 0, got {sxy!r}")
     if meta["classes"][0] != "background":
         raise BundleError(f"{path}: 'classes': expected 'background' first, got {meta['classes']}")
     try:

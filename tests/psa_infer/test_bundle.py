@@ -60,8 +60,11 @@ def edit_meta(bundle, **changes):
         ({"models": {"cam": {}}}, r"missing 'models.cam.file'"),
         ({"beta": 4.0}, r"rw.onnx: built with beta=8.0, meta.json says 4.0 — re-export"),
         ({"normalize": "yes"}, r"'normalize': expected true or false, got 'yes'$"),
-        ({"crf_sxy": 0}, r"'crf_sxy': expected a number > 0, got 0$"),
-        ({"crf_sxy": "80"}, r"'crf_sxy': expected a number > 0, got '80'$"),
+        ({"crf_sxy": 0}, r"'crf_sxy': expected a finite number > 0, got 0$"),
+        ({"crf_sxy": "80"}, r"'crf_sxy': expected a finite number > 0, got '80'$"),
+        # Python's json reads Infinity and NaN; an infinite kernel would ignore position.
+        ({"crf_sxy": float("inf")}, r"'crf_sxy': expected a finite number > 0, got inf$"),
+        ({"crf_sxy": float("nan")}, r"'crf_sxy': expected a finite number > 0, got nan$"),
     ],
 )
 def test_meta_errors_are_one_line(bundle, changes, message):
