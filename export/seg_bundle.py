@@ -2,12 +2,13 @@
 reads it), and its TensorRT engine.
 
 ``seg.onnx``: ``image`` (B, 3, H, W) float32 → ``logits`` (B, K+1, H, W) float32, the network's
-stride-8 scores upsampled bilinearly inside the graph (``SegNet.forward``), so the deployed
+stride-8 (or 16) scores upsampled bilinearly inside the graph (``SegNet.forward``), so the deployed
 labeler is normalise → one graph → argmax. B, H and W are dynamic. meta.json::
 
     schema_version, toolkit_version, exporter, kind "seg"
-    classes, mean, std, color_order, stride, opset
-    output                      what logits are ("image-size", bilinear from stride 8)
+    classes, mean, std, color_order, opset
+    stride                      where the head runs: 8, or 16 (backbone mobilenet_v2_os16)
+    output                      what logits are ("image-size", bilinear from that stride)
     models {seg: {file, sha256, inputs, outputs}}
     sources {seg: {file, sha256, backbone, head, labels}}
     precisions {fp16|int8: {seg: {file, sha256}}}   (optional)
@@ -34,7 +35,6 @@ from export.onnx_export import IMAGE_DIMS, export_module
 from psa_infer.artifacts import file_sha256
 from psa_infer.bundle import META, SCHEMA_VERSION
 from psa_infer.datasets import Sample, load_image
-from psa_infer.pipeline import STRIDE
 from psa_infer.segment import KIND, SEG_FILE, SEG_IMAGE, SEG_LOGITS, engine_file, seg_file
 
 
@@ -69,6 +69,7 @@ def export_seg_bundle(
     out = Path(out_dir)
     _check_target(out)
     net, ck = load_seg_model(seg_ckpt)
+    stride = int(net.backbone.high_stride)  # where the head runs: 8, or 16 (mobilenet_v2_os16)
     wanted = [p for p in precisions if p != "fp32"]
     if "int8" in wanted and not calib_images:
         raise PrecisionError("--precision int8: needs calibration images (--calib IMAGES)")
@@ -86,8 +87,8 @@ def export_seg_bundle(
             "mean": [float(v) for v in ck["mean"]],
             "std": [float(v) for v in ck["std"]],
             "color_order": "RGB",
-            "stride": STRIDE,
-            "output": "image-size logits (bilinear from stride 8, corners not aligned)",
+            "stride": stride,
+            "output": f"image-size logits (bilinear from stride {stride}, corners not aligned)",
             "opset": opset,
             "models": {KIND: _model_entry(stage / SEG_FILE, model)},
             "sources": {

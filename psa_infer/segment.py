@@ -7,9 +7,10 @@ A segmentation bundle (written by ``psa export-seg``, ``export/seg_bundle.py``) 
                  sources.seg, precisions (seg.fp16.onnx, seg.int8.onnx), like a label bundle's
     seg.engine   a TensorRT engine, once ``build_seg_engine`` ran on the device (+ .engine.json)
 
-The graph upsamples its stride-8 scores bilinearly to the input size, so the runtime only
-normalises the image and takes the argmax; any H, W ≥ 1 runs. Optional test-time
-augmentation (``scales``, ``flip``) averages the softmax of each pass at the image's size.
+The graph upsamples its stride-8 (or 16: ``SEG_STRIDES``) scores bilinearly to the input
+size, so the runtime only normalises the image and takes the argmax; any H, W ≥ 1 runs.
+Optional test-time augmentation (``scales``, ``flip``) averages the softmax of each pass at the
+image's size.
 Labeled images are written as ``psa label`` writes them: ``<id>.png`` palette maps and a
 ``labels.jsonl`` record each (``psa_infer.pipeline.label_record``), failures listed by
 ``psa_infer.runs.run_items``.
@@ -41,6 +42,9 @@ from psa_infer.datasets import Sample
 KIND = "seg"
 SEG_IMAGE, SEG_LOGITS = "image", "logits"
 SEG_FILE = "seg.onnx"
+# Where a segmentation network's head runs (meta.json "stride"): the graph upsamples to the
+# image itself, so the runtime reads any of them the same way.
+SEG_STRIDES = (STRIDE, 2 * STRIDE)
 
 
 def seg_file(precision: str = "fp32") -> str:
@@ -92,8 +96,12 @@ def load_seg_meta(bundle_dir: str | os.PathLike, check_files: bool = True) -> di
             isinstance(v, list) and len(v) == 3 and all(isinstance(x, (int, float)) for x in v)
         ):
             raise BundleError(f"{path}: '{key}': expected 3 numbers (R, G, B), got {v!r}")
-    if meta.get("color_order") != "RGB" or meta.get("stride") != STRIDE:
-        raise BundleError(f"{path}: expected color_order 'RGB' and stride {STRIDE}")
+    if meta.get("color_order") != "RGB" or meta.get("stride") not in SEG_STRIDES:
+        raise BundleError(
+            f"{path}: expected color_order 'RGB' and stride "
+            f"{' or '.join(map(str, SEG_STRIDES))}, got {meta.get('color_order')!r} and "
+            f"{meta.get('stride')!r}"
+        )
     entry = meta.get("models", {}).get(KIND) if isinstance(meta.get("models"), dict) else None
     if not isinstance(entry, dict) or entry.get("file") != SEG_FILE:
         raise BundleError(f"{path}: models.seg: expected {{'file': {SEG_FILE!r}, ...}}")

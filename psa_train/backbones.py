@@ -72,6 +72,21 @@ class Backbone(nn.Module):
     def forward(self, x: Tensor) -> Levels:  # pragma: no cover - every subclass overrides
         raise NotImplementedError
 
+    # The output stride of ``high_native``: 8 for every backbone whose levels are computed at
+    # stride 8; a backbone that computes its high level coarser and upsamples it says so.
+    high_stride: int = 8
+
+    def levels_native(self, x: Tensor) -> Levels:
+        """(low, mid, high) as computed, before any upsampling to stride 8: ``forward``'s for
+        every backbone but one whose ``high_stride`` is coarser."""
+        return self(x)
+
+    def high_native(self, x: Tensor) -> Tensor:
+        """The high level as computed, (B, C_high, ceil(H/s), ceil(W/s)), s = ``high_stride``:
+        what a head that upsamples its own output (SegNet) reads, saving the upsampling of
+        ``forward``'s contract and the head's cost at stride 8."""
+        return self(x)[2]
+
     @classmethod
     def default_weights(cls) -> tuple[Path, str] | None:
         """The file (and its sha256) that ``weights="default"`` loads; None = random init."""
@@ -304,6 +319,8 @@ class MobileNetV2OS8(Backbone):
     levels = (6, 13, 18)  # indices into ``features`` whose outputs are (low, mid, high)
     # DeepLab's rates: 2 for the de-strided stride-16 stage, 4 for the stride-32 stage.
     dilation_divisor = 1
+    # The stride from which stages are de-strided (dilated) instead of downsampling.
+    high_stride = 8
 
     def __init__(self) -> None:
         super().__init__()
@@ -311,7 +328,7 @@ class MobileNetV2OS8(Backbone):
         cin, stride_so_far, dilation = 32, 2, 1
         for t, c, n, s in _MBV2_SETTINGS:
             first_dilation = dilation
-            if s > 1 and stride_so_far >= 8:
+            if s > 1 and stride_so_far >= self.high_stride:
                 dilation, s = dilation * s, 1  # keep the resolution, widen the kernels
             else:
                 stride_so_far *= s
@@ -343,6 +360,9 @@ class MobileNetV2OS8(Backbone):
             if i in self.levels:
                 out.append(x)
         return out[0], out[1], out[2]
+
+    def high_native(self, x: Tensor) -> Tensor:
+        return self.features(x)
 
 
 # --------------------------------------------------------------------------------------------
@@ -487,10 +507,42 @@ class MobileNetV2OS8Compact(MobileNetV2OS8):
     dilation_divisor = 2
 
 
+class MobileNetV2OS16(MobileNetV2OS8Compact):
+    """MobileNetV2 at output stride 16 for the segmentation network: only the stride-32 stage
+    (features.14 –) is de-strided, with dilation 1 (the stride-16 stage downsamples as in the
+    ImageNet network).
+
+    Same weights and parameter names as ``mobilenet_v2`` and ``mobilenet_v2_d12``; from
+    features.14 on its kernels see the pixels that ``mobilenet_v2_d12``'s do (a tap every 16
+    px), so a classifier trained on ``mobilenet_v2_d12`` starts it. The stride-16 stage runs on
+    a quarter of the cells and the stride-32 stage on a quarter, so the backbone costs 0.30 of
+    ``mobilenet_v2_d12``'s multiply-adds (271 against 913 M on a 160-px image).
+    ``forward`` keeps the stride-8 contract by upsampling mid and high bilinearly (corners not
+    aligned); ``high_native`` gives high at stride 16, where SegNet's head runs.
+    """
+
+    name = "mobilenet_v2_os16"
+    title = "MobileNetV2 (OS16)"
+    high_stride = 16
+
+    def levels_native(self, x: Tensor) -> Levels:
+        return super().forward(x)
+
+    def forward(self, x: Tensor) -> Levels:
+        low, mid, high = self.levels_native(x)
+        size = low.shape[2:]
+        return (
+            low,
+            F.interpolate(mid, size=size, mode="bilinear", align_corners=False),
+            F.interpolate(high, size=size, mode="bilinear", align_corners=False),
+        )
+
+
 BACKBONES: dict[str, type[Backbone]] = {
     "tiny": TinyNet,
     "mobilenet_v2": MobileNetV2OS8,
     "mobilenet_v2_d12": MobileNetV2OS8Compact,
+    "mobilenet_v2_os16": MobileNetV2OS16,
     "resnet38": ResNet38,
 }
 

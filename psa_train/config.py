@@ -32,7 +32,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 # The keys of psa_train.backbones.BACKBONES, kept here so that this module needs no torch
 # (a test checks that the two agree).
-BACKBONE_NAMES = ("tiny", "mobilenet_v2", "mobilenet_v2_d12", "resnet38")
+BACKBONE_NAMES = ("tiny", "mobilenet_v2", "mobilenet_v2_d12", "mobilenet_v2_os16", "resnet38")
 
 
 class ConfigError(PsaError):
@@ -442,6 +442,10 @@ class TrainSegConfig(_Stage):
     # DeepLab v3's image-level branch (``SegNet``): the whole image's features added to each
     # cell's, for classes told apart by a part that a cell's receptive field may not reach.
     head_context: bool = False
+    # A decoder step (DeepLab v3+'s, narrowed): where the head runs coarser than stride 8
+    # (backbone mobilenet_v2_os16), its reduced features are upsampled to the backbone's
+    # stride-8 low level, joined with it and mixed by a 3×3 conv before the class scores.
+    head_skip: bool = False
     # After training, shift the background score by the offset (of BG_OFFSETS) under which the
     # network's single-scale argmax on its own training images best agrees with the labels it
     # was trained on (`calibrate_background`); folded into the weights, so export and runtime
@@ -467,6 +471,7 @@ class TrainSegConfig(_Stage):
         "head_width": Int(1, 4096),
         "head_dropout": Real(ge=0, lt=1),  # 1 would zero every feature
         "head_context": BOOL,
+        "head_skip": BOOL,
         "calibrate": BOOL,
         "mean": Each(UNIT),
         "std": Each(POSITIVE),

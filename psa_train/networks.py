@@ -87,7 +87,8 @@ class AffinityNet(nn.Module):
 
 
 class SegNet(nn.Module):
-    """Semantic segmentation: backbone + a DeepLab head at output stride 8 (the paper's §5).
+    """Semantic segmentation: backbone + a DeepLab head at the backbone's ``high_stride`` (8 as
+    the paper's §5; 16 on ``mobilenet_v2_os16``).
 
     The head reads the high level through a 1×1 conv to ``width`` channels + ReLU (on
     MobileNetV2's 1280 channels a 3×3 conv per branch would cost 7x the backbone); then per
@@ -97,8 +98,8 @@ class SegNet(nn.Module):
     the high level averaged over the whole image, through a 1×1 conv + ReLU, added to every
     cell of the reduced features, so that a cell far from an object's telling part still knows
     which classes the image holds.
-    ``forward`` upsamples the stride-8 scores bilinearly to the input size (the loss is taken
-    there, and the exported graph gives image-size logits), ``scores`` keeps them at stride 8.
+    ``forward`` upsamples the scores bilinearly to the input size (the loss is taken there, and
+    the exported graph gives image-size logits), ``scores`` keeps them at the head's stride.
     """
 
     def __init__(
@@ -109,6 +110,7 @@ class SegNet(nn.Module):
         width: int = 256,
         dropout: float = 0.5,
         context: bool = False,
+        skip: bool = False,
     ) -> None:
         super().__init__()
         if not rates or min(rates) < 1 or width < 1:
@@ -126,6 +128,23 @@ class SegNet(nn.Module):
             if context
             else None
         )
+        # DeepLab v3+'s decoder, narrowed: the low level through a 1×1 conv to a quarter of
+        # ``width``, joined with the reduced high level upsampled to its grid, a 3×3 conv.
+        low_width = max(1, width // 4)
+        self.skip = (
+            nn.ModuleDict(
+                {
+                    "low": nn.Sequential(
+                        nn.Conv2d(backbone.channels[0], low_width, 1), nn.ReLU(inplace=True)
+                    ),
+                    "mix": nn.Sequential(
+                        nn.Conv2d(width + low_width, width, 3, padding=1), nn.ReLU(inplace=True)
+                    ),
+                }
+            )
+            if skip
+            else None
+        )
         self.branches = nn.ModuleList(
             nn.Sequential(
                 nn.Conv2d(width, width, 3, padding=r, dilation=r),
@@ -136,6 +155,7 @@ class SegNet(nn.Module):
             for r in self.rates
         )
         extra = [*self.context.modules()] if self.context is not None else []
+        extra += [*self.skip.modules()] if self.skip is not None else []
         for m in [*self.reduce.modules(), *extra, *self.branches.modules()]:
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
@@ -150,11 +170,18 @@ class SegNet(nn.Module):
         self.branches[0][3].bias[0] -= offset
 
     def scores(self, x: Tensor) -> Tensor:
-        """x (B, 3, H, W) float32 → logits (B, K+1, ceil(H/8), ceil(W/8)) float32."""
-        features = self.backbone(x)[2]
+        """x (B, 3, H, W) float32 → logits (B, K+1, ceil(H/s), ceil(W/s)) float32, s the
+        backbone's ``high_stride``."""
+        if self.skip is None:
+            features = self.backbone.high_native(x)
+        else:
+            low, _, features = self.backbone.levels_native(x)
         high = self.reduce(features)
         if self.context is not None:
             high = high + self.context(features.mean(dim=(2, 3), keepdim=True))
+        if self.skip is not None:
+            up = F.interpolate(high, size=low.shape[2:], mode="bilinear", align_corners=False)
+            high = self.skip["mix"](torch.cat([up, self.skip["low"](low)], 1))
         out = self.branches[0](high)
         for b in self.branches[1:]:
             out = out + b(high)

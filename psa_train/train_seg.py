@@ -39,8 +39,8 @@ from psa_train.data import (
 
 
 def build_seg_model(backbone: str, weights: str | None, num_classes: int, head: dict):
-    """The segmentation network; ``head`` = {"rates", "width", "dropout", "context"} (the
-    checkpoint's; one written before ``context`` existed has none)."""
+    """The segmentation network; ``head`` = {"rates", "width", "dropout", "context", "skip"}
+    (the checkpoint's; one written before ``context`` or ``skip`` existed lacks them)."""
     from psa_train.backbones import build_backbone
     from psa_train.networks import SegNet
 
@@ -51,6 +51,7 @@ def build_seg_model(backbone: str, weights: str | None, num_classes: int, head: 
         int(head["width"]),
         float(head["dropout"]),
         bool(head.get("context", False)),
+        bool(head.get("skip", False)),
     )
 
 
@@ -130,6 +131,7 @@ def train_seg(
         "width": cfg.head_width,
         "dropout": cfg.head_dropout,
         "context": cfg.head_context,
+        "skip": cfg.head_skip,
     }
     model = build_seg_model(cfg.backbone, cfg.weights, dataset.num_classes, head).to(device)
     meta = {

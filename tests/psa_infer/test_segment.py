@@ -167,6 +167,39 @@ def test_a_labeling_bundle_or_a_changed_graph_is_refused(seg, tiny_bundle, tmp_p
     assert r.exit_code == 1 and len(r.stderr.strip().splitlines()) == 1
 
 
+def test_a_stride_16_network_exports_says_so_and_runs(tmp_path):
+    import torch
+
+    from export.seg_bundle import export_seg_bundle
+    from psa_infer.segment import load_seg_meta, open_seg_bundle
+    from psa_train.checkpoint import save_checkpoint
+    from psa_train.train_seg import build_seg_model
+
+    torch.manual_seed(0)
+    head = {"rates": [1], "width": 8, "dropout": 0.0, "context": True, "skip": True}
+    net = build_seg_model("mobilenet_v2_os16", None, 2, head).eval()
+    meta = {"kind": "seg", "backbone": "mobilenet_v2_os16", "head": head,
+            "classes": ["background", "cat", "dog"], "mean": [0.5] * 3,
+            "std": [0.25] * 3}  # fmt: skip
+    bundle = export_seg_bundle(
+        save_checkpoint(tmp_path / "s", net.state_dict(), meta), tmp_path / "b"
+    )
+    written = json.loads((bundle / "meta.json").read_text())
+    assert written["stride"] == 16 and "from stride 16" in written["output"]
+    assert written["sources"]["seg"]["head"]["skip"] is True
+    img = np.random.default_rng(0).integers(0, 255, (37, 45, 3), dtype=np.uint8)
+    with open_seg_bundle(bundle) as b:
+        z = b.logits(img)
+    x = torch.from_numpy(((img / 255.0 - 0.5) / 0.25).astype(np.float32).transpose(2, 0, 1))
+    with torch.no_grad():
+        want = net(x[None])[0].numpy()
+    assert z.shape == (3, 37, 45) and np.abs(z - want).max() <= 1e-4
+    written["stride"] = 32
+    (bundle / "meta.json").write_text(json.dumps(written))
+    with pytest.raises(BundleError, match="stride 8 or 16, got 'RGB' and 32"):
+        load_seg_meta(bundle)
+
+
 def test_export_seg_cli_with_int8(seg, tmp_path):
     root, ckpt, _ = seg
     out = tmp_path / "b"

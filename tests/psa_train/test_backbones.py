@@ -206,7 +206,13 @@ def test_resnet38_default_weights_need_a_file():
 def test_unknown_backbone():
     with pytest.raises(ValueError, match=r"unknown backbone 'vgg16' \(expected one of tiny, "):
         build_backbone("vgg16")
-    assert list(BACKBONES) == ["tiny", "mobilenet_v2", "mobilenet_v2_d12", "resnet38"]
+    assert list(BACKBONES) == [
+        "tiny",
+        "mobilenet_v2",
+        "mobilenet_v2_d12",
+        "mobilenet_v2_os16",
+        "resnet38",
+    ]
 
 
 def test_compact_mobilenet_halves_the_dilations_and_loads_the_same_weights():
@@ -217,6 +223,27 @@ def test_compact_mobilenet_halves_the_dilations_and_loads_the_same_weights():
     assert compact.pretrained and set(compact.state_dict()) == set(wide.state_dict())
     low, mid, high = compact(torch.zeros(1, 3, 61, 47))
     assert high.shape == (1, 1280, 8, 6)
+
+
+@pytest.mark.parametrize("size", [(61, 47), (160, 160), (9, 17)])
+def test_os16_mobilenet_computes_high_at_stride_16_and_keeps_the_stride_8_contract(size):
+    torch.manual_seed(0)
+    compact = build_backbone("mobilenet_v2_d12", weights="default").eval()
+    os16 = build_backbone("mobilenet_v2_os16", weights="default").eval()
+    assert os16.pretrained and os16.high_stride == 16 and compact.high_stride == 8
+    assert set(os16.state_dict()) == set(compact.state_dict())
+    strides = lambda m: [c.stride[0] for c in m.modules() if isinstance(c, torch.nn.Conv2d)]  # noqa: E731
+    assert strides(os16).count(2) == 4 and strides(compact).count(2) == 3
+    x = torch.randn(1, 3, *size)
+    with torch.no_grad():
+        levels, native = os16(x), os16.high_native(x)
+        assert torch.equal(compact.high_native(x), compact(x)[2])
+    h8, w8 = math.ceil(size[0] / 8), math.ceil(size[1] / 8)
+    assert [f.shape[-2:] for f in levels] == [(h8, w8)] * 3
+    assert native.shape == (1, 1280, math.ceil(size[0] / 16), math.ceil(size[1] / 16))
+    # forward's high is high_native upsampled, not another computation
+    up = torch.nn.functional.interpolate(native, size=(h8, w8), mode="bilinear")
+    assert torch.allclose(levels[2], up, atol=1e-6)
 
 
 def test_mobilenet_frozen_parts_get_no_gradient_and_bn_stays_eval(mobilenet):

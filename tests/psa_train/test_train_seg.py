@@ -58,6 +58,36 @@ def test_segnet_gives_image_size_logits_and_stride8_scores(size):
     assert torch.isfinite(logits).all()
 
 
+def test_segnet_runs_its_head_at_the_backbones_native_stride():
+    net = SegNet(build_backbone("mobilenet_v2_os16", None), 3, rates=(1, 2), width=8).eval()
+    x = torch.randn(1, 3, 61, 47)
+    with torch.no_grad():
+        logits, scores = net(x), net.scores(x)
+    assert scores.shape == (1, 4, 4, 3)  # ceil(61 / 16), ceil(47 / 16)
+    assert logits.shape == (1, 4, 61, 47)
+    # The decoder step brings the scores back to the stride-8 grid of the low level, and a
+    # change of the low level alone (outside the high level's reach) moves them.
+    torch.manual_seed(0)
+    skip = SegNet(build_backbone("mobilenet_v2_os16", None), 3, (1,), 8, 0.0, skip=True).eval()
+    assert skip.scores(x).shape == (1, 4, 8, 6)
+    with torch.no_grad():
+        low, mid, high = skip.backbone.levels_native(x)
+    bumped = low.clone()
+    bumped[..., 0, 0] += 5.0
+    orig = skip.backbone.levels_native
+    with torch.no_grad():
+        a = skip.scores(x)
+        skip.backbone.levels_native = lambda _: (bumped, mid, high)
+        b = skip.scores(x)
+    skip.backbone.levels_native = orig
+    assert not torch.allclose(a[..., 0, 0], b[..., 0, 0]) and torch.equal(
+        a[..., 7, 5], b[..., 7, 5]
+    )
+    assert {id(p) for p in skip.skip.parameters()} <= {
+        id(p) for g in param_groups(skip, 0.01, 5e-4)[2:] for p in g["params"]
+    }  # new layers: trained at the head's rate
+
+
 def test_the_context_branch_gives_every_cell_what_the_whole_image_holds():
     """With ``context`` a change far away (outside every cell's window of a 1-rate head on a
     backbone whose features are local) reaches a cell's scores; without it it does not."""
@@ -115,7 +145,8 @@ def test_training_on_ground_truth_reduces_the_loss(voc, tmp_path):
     assert rows[-1]["train_loss"] < 0.8 * rows[0]["train_loss"]
     net, meta = load_seg_model(path)
     assert meta["kind"] == "seg" and meta["labels"] == "ground truth"
-    assert meta["head"] == {"rates": [1, 2], "width": 8, "dropout": 0.5, "context": False}
+    want = {"rates": [1, 2], "width": 8, "dropout": 0.5, "context": False, "skip": False}
+    assert meta["head"] == want
     assert json.loads((tmp_path / "seg" / "seg.json").read_text())["epoch"] == 8
 
 
