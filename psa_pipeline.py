@@ -333,11 +333,13 @@ def _segmentation(ds, out: Path, cfg: Config, labeler, items, split, common, tim
 def _from_classifier(cfg: Config, section: str, cam_ckpt: Path):
     """``cfg.<section>`` (train_aff or train_seg), where ``weights: cam`` becomes this run's
     classifier checkpoint: the stage's network starts from the backbone train-cam trained (its
-    backbone must be the classifier's)."""
+    backbone must be the classifier's, or the same network at another stride)."""
+    from psa_train.config import same_weights
+
     stage = getattr(cfg, section)
     if stage.weights != CAM_WEIGHTS:
         return stage
-    if stage.backbone != cfg.train_cam.backbone:
+    if not same_weights(stage.backbone, cfg.train_cam.backbone):
         raise PsaError(
             f"{section}.weights: 'cam' starts from the classifier's {cfg.train_cam.backbone} "
             f"backbone, but {section}.backbone is {stage.backbone}"

@@ -33,6 +33,14 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 # The keys of psa_train.backbones.BACKBONES, kept here so that this module needs no torch
 # (a test checks that the two agree).
 BACKBONE_NAMES = ("tiny", "mobilenet_v2", "mobilenet_v2_d12", "mobilenet_v2_os16", "resnet38")
+# Backbones that are one network with other strides or dilations: the same parameters, so one's
+# trained weights start another (a test loads each into the others).
+WEIGHT_FAMILY = {"mobilenet_v2_d12": "mobilenet_v2", "mobilenet_v2_os16": "mobilenet_v2"}
+
+
+def same_weights(a: str, b: str) -> bool:
+    """Whether the backbones named ``a`` and ``b`` take the same weights files."""
+    return WEIGHT_FAMILY.get(a, a) == WEIGHT_FAMILY.get(b, b)
 
 
 class ConfigError(PsaError):
@@ -268,7 +276,9 @@ class TrainCamConfig(_Stage):
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     train_split: str = "train"
-    val_split: str = "val"
+    # Each epoch's image-level loss on this split is logged (``val_loss``, as the reference
+    # does); nothing is chosen by it. null: no such pass (a recipe that must not read val).
+    val_split: str | None = "val"
     # A share of the training images (chosen by a hash of their ids) the classifier does not
     # train on: each epoch it is scored there (mAP, F1, loss against a class-prior constant),
     # which says whether it learned, and `select: best` keeps the epoch of the best mAP.
@@ -287,7 +297,7 @@ class TrainCamConfig(_Stage):
         "resize_long": Each(Int(1), ascending=True),  # (low, high) of the random long side
         "mean": Each(UNIT),  # of pixel values scaled to [0, 1]
         "std": Each(POSITIVE),
-        "val_split": NAME,
+        "val_split": Maybe(NAME),
         "holdout": HOLDOUT,
         "select": SELECT,
     }

@@ -197,6 +197,8 @@ def _fmt(v) -> str:
 
 
 def _val_loader(dataset: DataSet, cfg: TrainCamConfig):
+    if cfg.val_split is None:
+        return None
     try:
         samples = dataset.split(cfg.val_split)
     except DataError:

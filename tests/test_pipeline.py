@@ -362,6 +362,9 @@ def test_weights_cam_needs_the_classifiers_backbone(chain, tmp_path, section):
     assert _from_classifier(cfg, section, ckpt).weights == str(ckpt)
     kept = load_recipe(None, [f"{section}.weights=default"])
     assert _from_classifier(kept, section, ckpt) == getattr(kept, section)
+    for sibling in ("mobilenet_v2", "mobilenet_v2_os16"):  # the classifier's network, restrided
+        same = load_recipe(None, [f"{section}.weights=cam", f"{section}.backbone={sibling}"])
+        assert _from_classifier(same, section, ckpt).weights == str(ckpt)
     other = load_recipe(None, [f"{section}.weights=cam", f"{section}.backbone=tiny"])
     with pytest.raises(PsaError, match=f"{section}.weights: 'cam' starts from the classifier's"):
         _from_classifier(other, section, ckpt)

@@ -246,6 +246,20 @@ def test_os16_mobilenet_computes_high_at_stride_16_and_keeps_the_stride_8_contra
     assert torch.allclose(levels[2], up, atol=1e-6)
 
 
+def test_a_weight_family_loads_each_others_weights(tmp_path):
+    from psa_train.config import BACKBONE_NAMES, same_weights
+
+    family = [n for n in BACKBONE_NAMES if same_weights(n, "mobilenet_v2")]
+    assert family == ["mobilenet_v2", "mobilenet_v2_d12", "mobilenet_v2_os16"]
+    assert not same_weights("tiny", "mobilenet_v2") and same_weights("tiny", "tiny")
+    torch.manual_seed(0)
+    for a in family:
+        path = tmp_path / f"{a}.pth"
+        torch.save(build_backbone(a, weights=None).state_dict(), path)
+        for b in family:
+            assert build_backbone(b, weights=path).pretrained  # loaded strictly
+
+
 def test_mobilenet_frozen_parts_get_no_gradient_and_bn_stays_eval(mobilenet):
     b = mobilenet.train()
     assert _bn_modes(b) == {False}
