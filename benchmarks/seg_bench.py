@@ -7,8 +7,9 @@ the chain is ``Bundle.label`` of a labeling bundle (CAMs at every scale of its m
 flip, AffinityNet, the walk, upsampling; and again with the dense CRF where pydensecrf is
 installed), the network ``SegBundle.segment`` of a segmentation bundle (one pass of seg.onnx,
 argmax). Without bundles, untrained ones are exported (timings do not depend on the weights):
-the labeling bundle of ``label_bench.make_bundle`` and a SegNet on the same backbone with the
-demo recipe's head (configs/synthetic_demo.yaml, ``train_seg``). Medians of ``repeats``.
+the labeling bundle of ``label_bench.make_bundle`` and a SegNet with the demo recipe's backbone
+and head (configs/synthetic_demo.yaml, ``train_seg``: the stride-16 network the demo trains).
+Medians of ``repeats``.
 """
 
 from __future__ import annotations
@@ -20,14 +21,15 @@ import time
 from pathlib import Path
 
 import psa_train  # noqa: F401  (sets OMP_WAIT_POLICY before torch loads; imports no torch)
-from benchmarks.label_bench import BACKBONE, NUM_CLASSES, bench_image, has_crf, make_bundle
+from benchmarks.label_bench import NUM_CLASSES, bench_image, has_crf, make_bundle
 from benchmarks.report import Table, cpus, to_text
 
 TARGET_RATIO = 10.0  # issue 13: seg.onnx per image at least 10x faster than the chain
 
 
-def make_seg_bundle(work_dir: Path, backbone: str = BACKBONE) -> Path:
-    """An untrained SegNet (the demo recipe's head) exported to ``work_dir/seg_bundle``."""
+def make_seg_bundle(work_dir: Path, backbone: str | None = None) -> Path:
+    """An untrained SegNet (the demo recipe's backbone, or ``backbone``, and head) exported to
+    ``work_dir/seg_bundle``."""
     import torch
 
     from export.seg_bundle import export_seg_bundle
@@ -36,7 +38,9 @@ def make_seg_bundle(work_dir: Path, backbone: str = BACKBONE) -> Path:
     from psa_train.train_seg import build_seg_model
 
     ts = load_recipe(None).train_seg
-    head = {"rates": list(ts.head_rates), "width": ts.head_width, "dropout": ts.head_dropout}
+    backbone = backbone or ts.backbone
+    head = {"rates": list(ts.head_rates), "width": ts.head_width, "dropout": ts.head_dropout,
+            "context": ts.head_context, "skip": ts.head_skip}  # fmt: skip
     classes = ["background", *(f"class{i}" for i in range(1, NUM_CLASSES + 1))]
     torch.manual_seed(0)
     net = build_seg_model(backbone, None, NUM_CLASSES, head)
