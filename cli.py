@@ -401,8 +401,9 @@ def train_aff_cmd(
 def train_seg_cmd(
     data, labels_dir, out, backbone, weights, epochs, device, resume, config_path, sets
 ):
-    """Train a segmentation network (DeepLab head at stride 8) on label maps of DATA's
-    train_seg.train_split; 255 is ignored. Writes OUT/seg.safetensors for `psa export-seg`."""
+    """Train a segmentation network (a DeepLab head at stride 8, or 16 on mobilenet_v2_os16)
+    on label maps of DATA's train_seg.train_split; 255 is ignored. Writes OUT/seg.safetensors
+    for `psa export-seg`."""
     from psa_infer.datasets import open_dataset
     from psa_train.train_seg import train_seg
 
