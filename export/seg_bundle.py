@@ -7,7 +7,7 @@ labeler is normalise → one graph → argmax. B, H and W are dynamic. meta.json
 
     schema_version, toolkit_version, exporter, kind "seg"
     classes, mean, std, color_order, opset
-    stride                      where the head runs: 8, or 16 (backbone mobilenet_v2_os16)
+    stride                      of the class scores: 8, or 16 (mobilenet_v2_os16 without skip)
     output                      what logits are ("image-size", bilinear from that stride)
     models {seg: {file, sha256, inputs, outputs}}
     sources {seg: {file, sha256, backbone, head, labels}}
@@ -69,7 +69,7 @@ def export_seg_bundle(
     out = Path(out_dir)
     _check_target(out)
     net, ck = load_seg_model(seg_ckpt)
-    stride = int(net.backbone.high_stride)  # where the head runs: 8, or 16 (mobilenet_v2_os16)
+    stride = net.score_stride  # of the class scores: 8, or 16 (mobilenet_v2_os16, no skip)
     wanted = [p for p in precisions if p != "fp32"]
     if "int8" in wanted and not calib_images:
         raise PrecisionError("--precision int8: needs calibration images (--calib IMAGES)")

@@ -163,6 +163,12 @@ class SegNet(nn.Module):
         for b in self.branches:  # small class scores at the start: a uniform first guess
             nn.init.normal_(b[3].weight, std=0.01)
 
+    @property
+    def score_stride(self) -> int:
+        """The output stride of ``scores``: the backbone's ``high_stride``, or the low level's
+        8 after the decoder step."""
+        return 8 if self.skip is not None else int(self.backbone.high_stride)
+
     @torch.no_grad()
     def shift_background(self, offset: float) -> None:
         """Lower the background score by ``offset`` everywhere (raise it when negative): the

@@ -5,7 +5,8 @@ segmentation network then learns from; trained on a data set's ground-truth mask
 same recipe gives the fully supervised upper bound. The network is `psa_train.networks.SegNet`
 (a DeepLab head at the backbone's output stride, 8 or 16: LargeFOV for one dilation rate, ASPP
 for several), the loss cross-entropy over the pixels that are not 255, on the logits upsampled
-to the crop. The training loop is `psa_train.common.fit`'s (poly schedule, ``metrics.jsonl``, exact resume).
+to the crop. The training loop is `psa_train.common.fit`'s (poly schedule, ``metrics.jsonl``,
+exact resume).
 
 There is no held-out selection: held-out pseudo labels would score the network's agreement
 with the labels' own errors, so the last epoch is kept. Then (``cfg.calibrate``) its background

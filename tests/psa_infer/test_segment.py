@@ -167,7 +167,8 @@ def test_a_labeling_bundle_or_a_changed_graph_is_refused(seg, tiny_bundle, tmp_p
     assert r.exit_code == 1 and len(r.stderr.strip().splitlines()) == 1
 
 
-def test_a_stride_16_network_exports_says_so_and_runs(tmp_path):
+@pytest.mark.parametrize("skip, stride", [(False, 16), (True, 8)])
+def test_a_stride_16_network_exports_says_so_and_runs(tmp_path, skip, stride):
     import torch
 
     from export.seg_bundle import export_seg_bundle
@@ -176,7 +177,7 @@ def test_a_stride_16_network_exports_says_so_and_runs(tmp_path):
     from psa_train.train_seg import build_seg_model
 
     torch.manual_seed(0)
-    head = {"rates": [1], "width": 8, "dropout": 0.0, "context": True, "skip": True}
+    head = {"rates": [1], "width": 8, "dropout": 0.0, "context": True, "skip": skip}
     net = build_seg_model("mobilenet_v2_os16", None, 2, head).eval()
     meta = {"kind": "seg", "backbone": "mobilenet_v2_os16", "head": head,
             "classes": ["background", "cat", "dog"], "mean": [0.5] * 3,
@@ -185,8 +186,9 @@ def test_a_stride_16_network_exports_says_so_and_runs(tmp_path):
         save_checkpoint(tmp_path / "s", net.state_dict(), meta), tmp_path / "b"
     )
     written = json.loads((bundle / "meta.json").read_text())
-    assert written["stride"] == 16 and "from stride 16" in written["output"]
-    assert written["sources"]["seg"]["head"]["skip"] is True
+    # the class scores' stride: the decoder step brings them back to the low level's 8
+    assert written["stride"] == stride and f"from stride {stride}" in written["output"]
+    assert written["sources"]["seg"]["head"]["skip"] is skip
     img = np.random.default_rng(0).integers(0, 255, (37, 45, 3), dtype=np.uint8)
     with open_seg_bundle(bundle) as b:
         z = b.logits(img)
