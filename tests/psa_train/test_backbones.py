@@ -292,3 +292,65 @@ def test_random_init_trains_everything_unless_frozen():
     assert "level3.1.0.weight" not in names and "level3.1.1.weight" in names  # conv / BN
     f.eval().train()
     assert _bn_modes(f) == {False}
+
+
+@pytest.mark.parametrize(("h", "w", "d"), [(20, 20, 2), (21, 17, 2), (13, 9, 4), (7, 5, 3)])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_atrous_by_phases_is_the_dilated_depthwise_conv_and_its_gradients(h, w, d, channels_last):
+    torch.manual_seed(0)
+    x = torch.randn(2, 6, h, w)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_()
+    weight = torch.randn(6, 1, 3, 3, requires_grad=True)
+    bias = torch.randn(6, requires_grad=True)
+    g = torch.randn(2, 6, h, w)
+    want = torch.nn.functional.conv2d(x, weight, bias, 1, d, d, 6)
+    got = backbones._atrous_by_phases(x, weight, bias, d)
+    assert got.shape == want.shape
+    assert torch.allclose(got, want, atol=1e-5)
+    for a, b in zip(
+        torch.autograd.grad(want, (x, weight, bias), g),
+        torch.autograd.grad(got, (x, weight, bias), g),
+        strict=True,
+    ):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-4)
+
+
+def test_frozen_bn_folded_into_the_convs_gives_the_same_outputs_and_gradients(
+    mobilenet, monkeypatch
+):
+    """The training path (frozen BN folded into its conv, dilated depthwise convs by phases)
+    against the layers as written, which exported graphs keep: same levels, same gradients.
+    In float64: in float32 the two orders of additions drift apart by up to ~1e-3 of a
+    gradient's largest entry through the 17 blocks."""
+    torch.manual_seed(0)
+    b = backbones.MobileNetV2OS8Compact()
+    b.load_state_dict(mobilenet.state_dict())
+    b.freeze()
+    b.double().train()
+    x = torch.randn(2, 3, 45, 37, dtype=torch.float64)  # 6×5 at stride 8: padded to even
+    params = [p for p in b.parameters() if p.requires_grad]
+
+    def run() -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        levels = b(x)
+        grads = torch.autograd.grad(sum(v.square().mean() for v in levels), params)
+        return [v.detach() for v in levels], list(grads)
+
+    fast = run()
+    monkeypatch.setattr(backbones, "_plain_graph", lambda: True)
+    plain = run()
+    for a, c in zip(fast[0] + fast[1], plain[0] + plain[1], strict=True):
+        scale = c.abs().max().item()
+        assert scale > 0
+        assert (a - c).abs().max().item() <= 1e-10 * scale
+
+
+def test_bn_in_training_mode_is_not_folded():
+    """A randomly initialised backbone trains its BN on batch statistics: nothing to fold."""
+    torch.manual_seed(0)
+    b = build_backbone("tiny", weights=None).train()
+    x = torch.randn(4, 3, 32, 32)
+    before = b.stem[0][1].running_mean.clone()
+    b(x)
+    assert not torch.equal(b.stem[0][1].running_mean, before)  # BN ran and updated its stats
