@@ -354,3 +354,22 @@ def test_bn_in_training_mode_is_not_folded():
     before = b.stem[0][1].running_mean.clone()
     b(x)
     assert not torch.equal(b.stem[0][1].running_mean, before)  # BN ran and updated its stats
+
+
+def test_dilated_depthwise_convs_run_by_phases_only_when_a_gradient_is_needed(monkeypatch):
+    calls = []
+    real = backbones._atrous_by_phases
+
+    def spy(x, weight, bias, d):
+        calls.append(d)
+        return real(x, weight, bias, d)
+
+    monkeypatch.setattr(backbones, "_atrous_by_phases", spy)
+    b = backbones.MobileNetV2OS8Compact()  # dilation 2 in features.15 – 17
+    b.freeze()
+    x = torch.randn(1, 3, 33, 33)
+    with torch.no_grad():
+        b(x)
+    assert calls == []  # inference: the dilated conv as it is
+    b(x)
+    assert calls == [2, 2, 2]
