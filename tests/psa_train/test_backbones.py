@@ -331,6 +331,10 @@ def test_frozen_bn_folded_into_the_convs_gives_the_same_outputs_and_gradients(
     b.double().train()
     x = torch.randn(2, 3, 45, 37, dtype=torch.float64)  # 6×5 at stride 8: padded to even
     params = [p for p in b.parameters() if p.requires_grad]
+    bn_calls = []
+    for m in b.modules():
+        if isinstance(m, _BatchNorm):
+            m.register_forward_hook(lambda *_: bn_calls.append(1))
 
     def run() -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         levels = b(x)
@@ -338,8 +342,10 @@ def test_frozen_bn_folded_into_the_convs_gives_the_same_outputs_and_gradients(
         return [v.detach() for v in levels], list(grads)
 
     fast = run()
+    assert bn_calls == []  # every BN folded into its conv
     monkeypatch.setattr(backbones, "_plain_graph", lambda: True)
     plain = run()
+    assert len(bn_calls) == sum(isinstance(m, _BatchNorm) for m in b.modules())
     for a, c in zip(fast[0] + fast[1], plain[0] + plain[1], strict=True):
         scale = c.abs().max().item()
         assert scale > 0
