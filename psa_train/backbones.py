@@ -17,7 +17,8 @@ Freezing (SPEC §1, the reference's ``Net.train``): the early blocks never get g
 BatchNorm keeps its ImageNet statistics (eval mode, affine parameters frozen) even inside
 ``model.train()``. It only makes sense for pretrained weights, so ``build_backbone`` freezes by
 default exactly when weights were loaded; a randomly initialised backbone trains everything,
-BatchNorm included, unless ``freeze=True`` is asked for.
+BatchNorm included, unless ``freeze=True`` is asked for. A BatchNorm in eval mode runs folded
+into the conv before it (``_conv_bn``), except in exported graphs.
 """
 
 from __future__ import annotations
@@ -270,7 +271,7 @@ def _conv_bn(x: Tensor, conv: nn.Conv2d, bn: nn.BatchNorm2d) -> Tensor:
     scaling), without BN's passes over the activations — 15–20 % of a frozen MobileNetV2's
     training step on the CPU. Exported graphs keep the separate BN (``_plain_graph``).
     """
-    if bn.training or bn.running_var is None or _plain_graph():
+    if bn.training or bn.running_var is None or bn.weight is None or _plain_graph():
         return bn(_conv(x, conv, conv.weight, conv.bias))
     scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
     shift = bn.bias - bn.running_mean * scale
