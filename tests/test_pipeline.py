@@ -423,6 +423,21 @@ def folder_run(tmp_path_factory):
     return d, result_of(r.stdout), r.stderr
 
 
+def test_walk_headroom_on_the_run_reproduces_its_onnxruntime_walk(voc_run):
+    """benchmarks/walk_headroom.py on a finished run: its AffinityNet row is the run's walk
+    through the bundle (ort_miou), and every row is scored on the run's val masks."""
+    from benchmarks.walk_headroom import VARIANTS, headroom
+
+    d, result, _ = voc_run
+    report = headroom(d / "out", "val", progress=False)
+    assert report["images"] > 0 and list(report["rows"]) == ["CAM", *VARIANTS]
+    rows = report["rows"]
+    assert rows["AffinityNet"]["miou"] == pytest.approx(result["ort_miou"], abs=0.01)
+    assert rows["CAM"]["miou"] == pytest.approx(result["cam_miou"], abs=0.01)
+    for r in rows.values():
+        assert 0 <= r["miou"] <= 100 and 0 <= r["fg_to_bg"] <= 100
+
+
 def test_pipeline_on_a_voc_set_prints_the_demo_result(voc_run):
     d, result, _ = voc_run
     for key in (*MIOU_KEYS, "ort_agreement", "ort_seconds_per_image", "predict_f1_val"):
