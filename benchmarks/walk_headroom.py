@@ -154,7 +154,12 @@ def main(argv=None) -> None:
     p.add_argument("--limit", type=int, default=None, help="first N images of the split")
     p.add_argument("--out", type=Path, default=None, help="also write the result as JSON")
     a = p.parse_args(argv)
-    result = headroom(a.run, a.split, a.limit)
+    from psa_infer.errors import PsaError
+
+    try:
+        result = headroom(a.run, a.split, a.limit)
+    except (PsaError, OSError) as e:
+        raise SystemExit(f"walk_headroom: {e}") from None
     print(f"{result['run']} ({result['split']}, {result['images']} images)")
     print(f"{'weights':<16} {'mIoU':>6} {'fg→bg %':>8} {'bg→fg %':>8} {'wrong class %':>14}")
     for name, r in result["rows"].items():

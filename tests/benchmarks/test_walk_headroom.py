@@ -1,4 +1,8 @@
-"""benchmarks/walk_headroom.py: the mask's pair weights, the walk with them, and a whole run."""
+"""benchmarks/walk_headroom.py: the mask's pair weights, the walk with them, its errors.
+
+The whole-run check (its AffinityNet row is the run's own walk) is in tests/test_pipeline.py,
+which has a finished run.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ import pytest
 from benchmarks.walk_headroom import (
     VARIANTS,
     error_shares,
+    main,
     mask_affinity,
     mask_shares,
     variant_weights,
@@ -79,3 +84,8 @@ def test_error_shares_read_the_confusion_by_rows_of_truth():
     conf = np.array([[90, 10, 0], [20, 70, 10], [0, 0, 100]])
     e = error_shares(conf)
     assert e == {"fg_to_bg": 10.0, "bg_to_fg": 10.0, "wrong_class": 5.0}
+
+
+def test_a_folder_that_is_not_a_run_is_one_line(tmp_path):
+    with pytest.raises(SystemExit, match=r"^walk_headroom: .*data root does not exist"):
+        main([str(tmp_path / "nothing")])
