@@ -2,6 +2,7 @@
 read from the masks, on a finished run (``psa demo`` / ``psa pipeline`` on data with masks).
 
     python -m benchmarks.walk_headroom RUN [--split val] [--limit N] [--out FILE.json]
+                                           [--picture FILE.png]
 
 Every row walks the same seeds (the run's CAMs with the walk's background, its walk settings)
 and changes only the pair weights the walk moves scores along:
@@ -108,8 +109,30 @@ def error_shares(conf: np.ndarray) -> dict[str, float]:
     }
 
 
-def headroom(run: Path, split: str = "val", limit: int | None = None, progress=True) -> dict:
-    """mIoU and error shares of the CAM and of every walk of ``VARIANTS`` on ``split``."""
+PANEL_HEIGHT = 160
+
+
+def _picture_row(img: np.ndarray, maps: list[np.ndarray], classes, heading: str) -> list:
+    """One row of the picture: the image, each label map painted on it, the classes shown."""
+    from psa_infer.visualize import classes_panel, fit_height, paint_panel
+
+    panels = [fit_height(img, PANEL_HEIGHT)] + [paint_panel(img, m, PANEL_HEIGHT) for m in maps]
+    return [*panels, classes_panel(maps, classes, PANEL_HEIGHT, heading=heading)]
+
+
+def headroom(
+    run: Path,
+    split: str = "val",
+    limit: int | None = None,
+    progress: bool = True,
+    picture: Path | None = None,
+    rows: int = 6,
+) -> dict:
+    """mIoU and error shares of the CAM and of every walk of ``VARIANTS`` on ``split``.
+
+    ``picture``: also draw the first ``rows`` images, each as image | truth | CAM | one panel
+    per variant (``psa show``'s panels), so a person sees where the walk stops.
+    """
     from tqdm import tqdm
 
     from psa_infer.artifacts import load_cam
@@ -127,6 +150,7 @@ def headroom(run: Path, split: str = "val", limit: int | None = None, progress=T
     n = ds.num_classes + 1  # labels, background included
     conf = {k: np.zeros((n, n), np.int64) for k in ("CAM", *VARIANTS)}
     bg_threshold = json.loads((run / "eval_cam.json").read_text())["default"]["bg_threshold"]
+    drawn: list[list[np.ndarray]] = []
     with open_bundle(run / "bundle", walk="numpy") as bundle:
         params = walk_params(bundle.meta)
         for s in tqdm(items, desc="headroom", disable=not progress):
@@ -141,8 +165,17 @@ def headroom(run: Path, split: str = "val", limit: int | None = None, progress=T
             learned = pair_affinity(features, params.radius, params.pairs) ** params.beta
             shares = mask_shares(gt, n)
             from_mask = mask_affinity(shares, params.radius, params.pairs) ** params.beta
+            maps = [gt, cam_label]
             for name, weights in variant_weights(learned, from_mask).items():
-                conf[name] += confusion(gt, walk_labels(cams, keys, weights, params, size), n)
+                maps.append(walk_labels(cams, keys, weights, params, size))
+                conf[name] += confusion(gt, maps[-1], n)
+            if picture is not None and len(drawn) < rows:
+                drawn.append(_picture_row(img, maps, ds.classes, s.id))
+    if picture is not None:
+        from psa_infer.visualize import grid, save_picture
+
+        heads = ["image", "ground truth", "CAM", *VARIANTS, "classes"]
+        save_picture(picture, grid(drawn, heads, PANEL_HEIGHT))
     rows = {k: {"miou": round(scores(c)["miou"], 2), **error_shares(c)} for k, c in conf.items()}
     return {"run": str(run), "split": split, "images": len(items), "rows": rows}
 
@@ -153,11 +186,14 @@ def main(argv=None) -> None:
     p.add_argument("--split", default="val")
     p.add_argument("--limit", type=int, default=None, help="first N images of the split")
     p.add_argument("--out", type=Path, default=None, help="also write the result as JSON")
+    p.add_argument(
+        "--picture", type=Path, default=None, help="draw the first images' maps (PNG/JPEG)"
+    )
     a = p.parse_args(argv)
     from psa_infer.errors import PsaError
 
     try:
-        result = headroom(a.run, a.split, a.limit)
+        result = headroom(a.run, a.split, a.limit, picture=a.picture)
     except (PsaError, OSError) as e:
         raise SystemExit(f"walk_headroom: {e}") from None
     print(f"{result['run']} ({result['split']}, {result['images']} images)")

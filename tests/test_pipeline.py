@@ -423,13 +423,17 @@ def folder_run(tmp_path_factory):
     return d, result_of(r.stdout), r.stderr
 
 
-def test_walk_headroom_on_the_run_reproduces_its_onnxruntime_walk(voc_run):
+def test_walk_headroom_on_the_run_reproduces_its_onnxruntime_walk(voc_run, tmp_path):
     """benchmarks/walk_headroom.py on a finished run: its AffinityNet row is the run's walk
-    through the bundle (ort_miou), and every row is scored on the run's val masks."""
-    from benchmarks.walk_headroom import VARIANTS, headroom
+    through the bundle (ort_miou), every row is scored on the run's val masks, and the
+    picture has a row per image (up to ``rows``) and a panel per map."""
+    from benchmarks.walk_headroom import PANEL_HEIGHT, VARIANTS, headroom
 
     d, result, _ = voc_run
-    report = headroom(d / "out", "val", progress=False)
+    picture = tmp_path / "headroom.png"
+    report = headroom(d / "out", "val", progress=False, picture=picture, rows=2)
+    shown = np.asarray(Image.open(picture))
+    assert shown.shape[0] > 2 * PANEL_HEIGHT and shown.shape[1] > (4 + len(VARIANTS)) * 40
     assert report["images"] > 0 and list(report["rows"]) == ["CAM", *VARIANTS]
     rows = report["rows"]
     assert rows["AffinityNet"]["miou"] == pytest.approx(result["ort_miou"], abs=0.01)
