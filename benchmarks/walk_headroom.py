@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from psa_infer.cam import STRIDE
+from psa_infer.cam import STRIDE, cam_prediction
 from psa_infer.metrics import confusion, scores
 from psa_infer.ops import avg_pool, pad_to_multiple, scores_with_background
 from psa_infer.pipeline import WalkParams, peak_normalize, scores_to_label, upsample_scores
@@ -85,11 +85,16 @@ def variant_weights(learned: np.ndarray, from_mask: np.ndarray) -> dict[str, np.
     }
 
 
+def seeds(cams: np.ndarray, alpha: float) -> np.ndarray:
+    """The walk's starting scores at stride 8: ``[bg; cams]``, zero-padded, average-pooled."""
+    return avg_pool(pad_to_multiple(scores_with_background(cams, alpha), STRIDE, 0.0), STRIDE)
+
+
 def walk_labels(
-    cams: np.ndarray, keys, weights: np.ndarray, params: WalkParams, size: tuple[int, int]
+    v: np.ndarray, keys, weights: np.ndarray, params: WalkParams, size: tuple[int, int]
 ) -> np.ndarray:
-    """The label map the walk gives with these pair weights (already raised to beta)."""
-    v = avg_pool(pad_to_multiple(scores_with_background(cams, params.alpha), STRIDE, 0.0), STRIDE)
+    """The label map the walk from seeds ``v`` gives with these pair weights (already raised
+    to beta)."""
     walked = random_walk(v, weights.astype(np.float32), 1.0, params.steps, params.radius)
     if params.normalize:
         walked = peak_normalize(walked)
@@ -144,7 +149,7 @@ def headroom(
     recorded = run / "pipeline.json"
     data = json.loads(recorded.read_text())["data"] if recorded.exists() else "data"
     ds = open_dataset(run / data)
-    items = [s for s in ds.split(split) if s.mask is not None][:limit]
+    items = [s for s in ds.split(split) if ds.has_ground_truth(s)][:limit]
     if not items:
         raise PsaError(f"{run / data}: no image of split {split!r} has a mask")
     n = ds.num_classes + 1  # labels, background included
@@ -158,16 +163,17 @@ def headroom(
             gt = ds.ground_truth(s)
             size = gt.shape
             cams, keys = load_cam(run / "cams" / f"{s.id}.npz", n - 1, size)
-            background = np.full((1, *size), bg_threshold, np.float32)
-            cam_label = scores_to_label(np.concatenate([background, cams]), keys, size)
+            cam_label = cam_prediction(cams, keys, bg_threshold)
             conf["CAM"] += confusion(gt, cam_label, n)
+            v = seeds(cams, params.alpha)
             features = bundle.labeler.features(img)
             learned = pair_affinity(features, params.radius, params.pairs) ** params.beta
-            shares = mask_shares(gt, n)
-            from_mask = mask_affinity(shares, params.radius, params.pairs) ** params.beta
+            from_mask = (
+                mask_affinity(mask_shares(gt, n), params.radius, params.pairs) ** params.beta
+            )
             maps = [gt, cam_label]
             for name, weights in variant_weights(learned, from_mask).items():
-                maps.append(walk_labels(cams, keys, weights, params, size))
+                maps.append(walk_labels(v, keys, weights, params, size))
                 conf[name] += confusion(gt, maps[-1], n)
             if picture is not None and len(drawn) < rows:
                 drawn.append(_picture_row(img, maps, ds.classes, s.id))
@@ -176,8 +182,8 @@ def headroom(
 
         heads = ["image", "ground truth", "CAM", *VARIANTS, "classes"]
         save_picture(picture, grid(drawn, heads, PANEL_HEIGHT))
-    rows = {k: {"miou": round(scores(c)["miou"], 2), **error_shares(c)} for k, c in conf.items()}
-    return {"run": str(run), "split": split, "images": len(items), "rows": rows}
+    table = {k: {"miou": round(scores(c)["miou"], 2), **error_shares(c)} for k, c in conf.items()}
+    return {"run": str(run), "split": split, "images": len(items), "rows": table}
 
 
 def main(argv=None) -> None:
