@@ -38,7 +38,7 @@ def test_shares_count_each_cells_labels_and_leave_out_ignore_and_padding():
     assert (shares[2] == 0).all()  # a label no pixel has
     np.testing.assert_allclose(shares[1, :7, 0], 1.0)  # pure class-1 cells
     np.testing.assert_allclose(shares[0, :7, 7], 4 * 8 / 64)  # 4 real columns of 8 in the cell
-    # The cell holding the ignore column (x = 30 of 24..31): 6 pixel columns of class 1, 1 ignored.
+    # The cell holding the ignore column (x = 30 of 24..31): 6 columns of class 1, 1 of background.
     np.testing.assert_allclose(shares[:, 0, 3], [1 / 8, 6 / 8, 0.0])
     assert (shares.sum(axis=0) <= 1 + 1e-6).all()
 
