@@ -186,11 +186,18 @@ def headroom(
     return {"run": str(run), "split": split, "images": len(items), "rows": table}
 
 
+def _positive(text: str) -> int:
+    n = int(text)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text}")
+    return n
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("run", type=Path, help="a psa demo / psa pipeline output folder")
     p.add_argument("--split", default="val")
-    p.add_argument("--limit", type=int, default=None, help="first N images of the split")
+    p.add_argument("--limit", type=_positive, default=None, help="first N images of the split")
     p.add_argument("--out", type=Path, default=None, help="also write the result as JSON")
     p.add_argument(
         "--picture", type=Path, default=None, help="draw the first images' maps (PNG/JPEG)"

@@ -90,3 +90,9 @@ def test_error_shares_read_the_confusion_by_rows_of_truth():
 def test_a_folder_that_is_not_a_run_is_one_line(tmp_path):
     with pytest.raises(SystemExit, match=r"^walk_headroom: .*data root does not exist"):
         main([str(tmp_path / "nothing")])
+
+
+def test_a_limit_below_one_is_refused_before_any_work(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main([str(tmp_path), "--limit", "0"])
+    assert "expected an integer >= 1, got 0" in capsys.readouterr().err
