@@ -34,8 +34,14 @@ import numpy as np
 
 from psa_infer.cam import STRIDE, cam_prediction
 from psa_infer.metrics import confusion, scores
-from psa_infer.ops import avg_pool, pad_to_multiple, scores_with_background
-from psa_infer.pipeline import WalkParams, peak_normalize, scores_to_label, upsample_scores
+from psa_infer.ops import avg_pool, pad_to_multiple
+from psa_infer.pipeline import (
+    WalkParams,
+    peak_normalize,
+    scores_to_label,
+    upsample_scores,
+    walk_seeds,
+)
 
 # _from_region: one definition of the pair sets (as psa_train.afflabels)
 from psa_infer.randomwalk import _from_region, pair_affinity, pair_offsets, random_walk
@@ -83,11 +89,6 @@ def variant_weights(learned: np.ndarray, from_mask: np.ndarray) -> dict[str, np.
         "insides joined": np.maximum(learned, from_mask),
         "mask affinities": from_mask,
     }
-
-
-def seeds(cams: np.ndarray, alpha: float) -> np.ndarray:
-    """The walk's starting scores at stride 8: ``[bg; cams]``, zero-padded, average-pooled."""
-    return avg_pool(pad_to_multiple(scores_with_background(cams, alpha), STRIDE, 0.0), STRIDE)
 
 
 def walk_labels(
@@ -165,7 +166,7 @@ def headroom(
             cams, keys = load_cam(run / "cams" / f"{s.id}.npz", n - 1, size)
             cam_label = cam_prediction(cams, keys, bg_threshold)
             conf["CAM"] += confusion(gt, cam_label, n)
-            v = seeds(cams, params.alpha)
+            v = walk_seeds(cams, params.alpha)
             features = bundle.labeler.features(img)
             learned = pair_affinity(features, params.radius, params.pairs) ** params.beta
             from_mask = (

@@ -94,21 +94,27 @@ def walk_scores(
     return upsample_scores(walk_scores_at_stride(cams, features, params, walk))
 
 
+def walk_seeds(cams: np.ndarray, alpha: float) -> np.ndarray:
+    """The walk's starting scores ``[bg; cams]`` at stride 8, (K+1, Hp/8, Wp/8) float32.
+
+    Background at the original size, then zero padding in every channel (SPEC §5 step 2),
+    then an 8×8 average pool.
+    """
+    scores = pad_to_multiple(scores_with_background(cams, alpha), STRIDE, 0.0)
+    return avg_pool(scores, STRIDE)
+
+
 def walk_scores_at_stride(
     cams: np.ndarray, features: np.ndarray, params: WalkParams, walk=None
 ) -> np.ndarray:
     """``walk_scores`` before its upsampling: (K+1, Hp/8, Wp/8) float32."""
-    k, h, w = cams.shape
-    # Background at the original size, then zero padding in every channel (SPEC §5 step 2).
-    scores = scores_with_background(cams, params.alpha)
-    scores = pad_to_multiple(scores, STRIDE, 0.0)
-    hp, wp = scores.shape[1:]
-    if features.shape[1:] != (hp // STRIDE, wp // STRIDE):
+    h, w = cams.shape[1:]
+    v = walk_seeds(cams, params.alpha)
+    if features.shape[1:] != v.shape[1:]:
         raise ValueError(
-            f"affinity features: expected (D, {hp // STRIDE}, {wp // STRIDE}) for a "
+            f"affinity features: expected (D, {v.shape[1]}, {v.shape[2]}) for a "
             f"{h}x{w} image, got {features.shape}"
         )
-    v = avg_pool(scores, STRIDE)
     if walk is not None:
         walked = np.asarray(walk(v, features), np.float32)
     else:

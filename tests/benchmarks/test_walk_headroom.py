@@ -15,11 +15,10 @@ from benchmarks.walk_headroom import (
     main,
     mask_affinity,
     mask_shares,
-    seeds,
     variant_weights,
     walk_labels,
 )
-from psa_infer.pipeline import WalkParams
+from psa_infer.pipeline import WalkParams, walk_seeds
 from psa_infer.randomwalk import pair_offsets
 
 
@@ -65,7 +64,7 @@ def test_the_walk_with_the_masks_weights_fills_the_region_its_seed_is_in():
     cams[0, 28:36, 4:12] = 1.0  # a CAM only on a small part of the class-1 half
     params = WalkParams(16.0, 16.0, 256, 5, "full", normalize=True)
     weights = mask_affinity(mask_shares(mask, 2), 5) ** params.beta
-    label = walk_labels(seeds(cams, params.alpha), np.array([1]), weights, params, mask.shape)
+    label = walk_labels(walk_seeds(cams, params.alpha), np.array([1]), weights, params, mask.shape)
     assert (label[:, :24] == 1).mean() > 0.99  # the whole left half, not just the seed
     assert (label[:, 40:] == 0).all()  # and nothing of the right half
 
