@@ -456,8 +456,19 @@ def _finish(stats: dict, what: str) -> None:
     """Print a stage's counts as JSON on stdout; exit 3 when some images failed."""
     click.echo(json.dumps(stats))
     if stats.get("failed"):
-        total = stats["failed"] + stats.get("done", stats.get("labeled", 0))
-        rest = "the others were written" if total > stats["failed"] else "nothing was written"
+        # Overlays drawn for images labeled by an earlier run are written work as well.
+        total = (
+            stats["failed"]
+            + stats.get("done", stats.get("labeled", 0))
+            + stats.get("overlays_added", 0)
+        )
+        skipped = stats.get("skipped", 0)
+        if total > stats["failed"]:
+            rest = "the others were written"
+        else:
+            rest = "nothing new was written" if skipped else "nothing was written"
+        if skipped:
+            rest += f" ({skipped} done before were skipped)"
         click.echo(
             f"Error: {stats['failed']} of {total} images failed {what} (reasons in "
             f"{stats['failures_file']}); {rest}",

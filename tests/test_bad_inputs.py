@@ -223,6 +223,13 @@ def test_a_broken_image_does_not_stop_the_folder(ws):
     assert [x["id"] for x in rows] == ["broken"]
     assert "broken.png: not a readable image" in rows[0]["error"]
     assert json.loads(r.stdout.splitlines()[-1])["failed"] == 1
+    # re-run unfixed: the message says what the run did, not what the first one did
+    expect(
+        ws,
+        label_ort("photos", "--predict-classes"),
+        3,
+        r"1 of 1 images failed .*; nothing new was written \(3 done before were skipped\)",
+    )
     # fixed and re-run: the failure is retried, the done images skipped, the list removed
     Image.open(ws / "photos" / "p0.jpg").save(ws / "photos" / "broken.png")
     r = expect(ws, label_ort("photos", "--predict-classes"), 0)
