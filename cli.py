@@ -464,7 +464,11 @@ def _finish(stats: dict, what: str) -> None:
         )
         skipped = stats.get("skipped", 0)
         if total > stats["failed"]:
-            rest = "the others were written"
+            rest = (
+                "the other was written"
+                if total - stats["failed"] == 1
+                else "the others were written"
+            )
         else:
             rest = "nothing new was written" if skipped else "nothing was written"
         if skipped:

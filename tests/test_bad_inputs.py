@@ -230,6 +230,13 @@ def test_a_broken_image_does_not_stop_the_folder(ws):
         3,
         r"1 of 1 images failed .*; nothing new was written \(3 done before were skipped\)",
     )
+    # overlays drawn for images an earlier run labeled count as written work
+    expect(
+        ws, label_ort("photos", "--predict-classes", "--overlay"), 3, r"1 of 4 .*the others were"
+    )
+    (ws / "out" / "overlays" / "p1.jpg").unlink()
+    pattern = r"1 of 2 .*; the other was written \(2 done before were skipped\)"
+    expect(ws, label_ort("photos", "--predict-classes", "--overlay"), 3, pattern)
     # fixed and re-run: the failure is retried, the done images skipped, the list removed
     Image.open(ws / "photos" / "p0.jpg").save(ws / "photos" / "broken.png")
     r = expect(ws, label_ort("photos", "--predict-classes"), 0)
