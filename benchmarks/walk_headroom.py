@@ -159,6 +159,11 @@ def headroom(
     drawn: list[list[np.ndarray]] = []
     with open_bundle(run / "bundle", walk="numpy") as bundle:
         params = walk_params(bundle.meta)
+        if params.stride != 8:  # the mask affinities below are on the features' grid
+            raise PsaError(
+                f"{run / 'bundle'}: walks at stride {params.stride}; the headroom is measured "
+                "for walks at stride 8 (label.walk_stride 8)"
+            )
         for s in tqdm(items, desc="headroom", disable=not progress):
             img = load_image(s.image)
             gt = ds.ground_truth(s)

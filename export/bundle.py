@@ -140,6 +140,9 @@ def export_bundle(
             **walk.to_meta(),
             "normalize": bool(walk.normalize),
             "crf_sxy": float(walk.crf_sxy),
+            # Only where it differs from the features' stride, so that stride-8 bundles stay
+            # what older runtimes read.
+            **({"walk_stride": int(walk.stride)} if walk.stride != STRIDE else {}),
             "alpha": {
                 "label": float(walk.alpha),
                 "low": float(aff_labels_cfg.low_alpha),

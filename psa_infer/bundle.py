@@ -49,7 +49,14 @@ from psa_infer.backends import (
 )
 from psa_infer.crf import REFERENCE_BILATERAL_SXY
 from psa_infer.errors import PsaError
-from psa_infer.pipeline import STRIDE, Labeler, LabelResult, WalkParams, label_image
+from psa_infer.pipeline import (
+    STRIDE,
+    WALK_STRIDES,
+    Labeler,
+    LabelResult,
+    WalkParams,
+    label_image,
+)
 from psa_infer.profiles import DEFAULT_SIDES, check_image_size, engine_profiles, profile_strings
 from psa_infer.thresholds import check_thresholds
 
@@ -219,6 +226,12 @@ def load_meta(bundle_dir: str | os.PathLike, check_files: bool = True) -> dict:
     sxy = meta.get("crf_sxy", REFERENCE_BILATERAL_SXY)  # optional: absent in older bundles
     if isinstance(sxy, bool) or not isinstance(sxy, (int, float)) or not 0 < sxy < math.inf:
         raise BundleError(f"{path}: 'crf_sxy': expected a finite number > 0, got {sxy!r}")
+    ws = meta.get("walk_stride", STRIDE)  # optional: written only where it is not 8
+    if isinstance(ws, bool) or ws not in WALK_STRIDES:
+        raise BundleError(
+            f"{path}: 'walk_stride': expected one of {', '.join(map(str, WALK_STRIDES))}, "
+            f"got {ws!r}"
+        )
     if meta["classes"][0] != "background":
         raise BundleError(f"{path}: 'classes': expected 'background' first, got {meta['classes']}")
     try:

@@ -44,7 +44,7 @@ class WalkParams:
     alpha: float  # background power of the scores that start the walk
     beta: float  # power on the affinities
     steps: int  # t = 2 ** logt
-    radius: int  # pair radius on the stride-8 grid
+    radius: int  # pair radius on the walk's grid (``stride``)
     pairs: str  # "full" (every in-bounds pair) or "psa" (the reference's set)
     # Divide each walked channel by its maximum over the image (``peak_normalize``), so that
     # every present class, and the background, keeps its peak whatever the walk spread over
@@ -53,10 +53,13 @@ class WalkParams:
     # Width in pixels of the dense CRF's bilateral kernel (``label --crf``); the reference's
     # (SPEC §2) is the default.
     crf_sxy: float = REFERENCE_BILATERAL_SXY
+    # The grid the walk runs on, in pixels: 8 (the features' own, the reference's) or 4 (the
+    # features upsampled ×2 bilinearly, the seeds pooled 4×4, the scores upsampled ×4).
+    stride: int = STRIDE
 
     def to_meta(self) -> dict:
-        """rw.onnx's settings as meta.json keys (alpha goes under alpha.label, normalize and
-        crf_sxy under their own keys: none is part of the walk graph)."""
+        """rw.onnx's settings as meta.json keys (alpha goes under alpha.label; normalize,
+        crf_sxy and the walk stride under their own keys: none is part of the walk graph)."""
         return {
             "radius": int(self.radius),
             "beta": float(self.beta),
@@ -76,6 +79,7 @@ class WalkParams:
             # Bundles exported before the key existed compare the raw walked scores.
             normalize=bool(meta.get("normalize", False)),
             crf_sxy=float(meta.get("crf_sxy", REFERENCE_BILATERAL_SXY)),
+            stride=int(meta.get("walk_stride", STRIDE)),  # absent: the features' stride
         )
 
 
@@ -91,30 +95,43 @@ def walk_scores(
     ``cams`` (K, H, W) normalised CAMs of the present classes; ``features`` (D, Hp/8, Wp/8).
     ``walk(scores, features)`` replaces the numpy walk (e.g. the exported rw.onnx) when given.
     """
-    return upsample_scores(walk_scores_at_stride(cams, features, params, walk))
+    return upsample_scores(walk_scores_at_stride(cams, features, params, walk), params.stride)
 
 
-def walk_seeds(cams: np.ndarray, alpha: float) -> np.ndarray:
-    """The walk's starting scores ``[bg; cams]`` at stride 8, (K+1, Hp/8, Wp/8) float32.
+# The walk's grids: the features' stride, or half of it (WalkParams.stride).
+WALK_STRIDES = (STRIDE, STRIDE // 2)
 
-    Background at the original size, then zero padding in every channel (SPEC §5 step 2),
-    then an 8×8 average pool.
+
+def walk_seeds(cams: np.ndarray, alpha: float, stride: int = STRIDE) -> np.ndarray:
+    """The walk's starting scores ``[bg; cams]`` at ``stride``, (K+1, Hp/s, Wp/s) float32.
+
+    Background at the original size, then zero padding in every channel to a multiple of 8
+    (SPEC §5 step 2), then a ``stride``×``stride`` average pool (8×8 in the reference).
     """
+    if stride not in WALK_STRIDES:
+        raise ValueError(f"walk stride: expected one of {WALK_STRIDES}, got {stride!r}")
     scores = pad_to_multiple(scores_with_background(cams, alpha), STRIDE, 0.0)
-    return avg_pool(scores, STRIDE)
+    return avg_pool(scores, stride)
 
 
 def walk_scores_at_stride(
     cams: np.ndarray, features: np.ndarray, params: WalkParams, walk=None
 ) -> np.ndarray:
-    """``walk_scores`` before its upsampling: (K+1, Hp/8, Wp/8) float32."""
+    """``walk_scores`` before its upsampling: (K+1, Hp/s, Wp/s) float32 at the walk's stride s.
+
+    ``features`` are at stride 8 (D, Hp/8, Wp/8); a walk at stride 4 upsamples them ×2
+    (bilinear) first, so ``walk`` always gets features on the grid of the seeds.
+    """
     h, w = cams.shape[1:]
-    v = walk_seeds(cams, params.alpha)
-    if features.shape[1:] != v.shape[1:]:
+    v = walk_seeds(cams, params.alpha, params.stride)
+    grid = (v.shape[1] * params.stride // STRIDE, v.shape[2] * params.stride // STRIDE)
+    if features.shape[1:] != grid:
         raise ValueError(
-            f"affinity features: expected (D, {v.shape[1]}, {v.shape[2]}) for a "
+            f"affinity features: expected (D, {grid[0]}, {grid[1]}) for a "
             f"{h}x{w} image, got {features.shape}"
         )
+    if params.stride != STRIDE:
+        features = resize_bilinear(np.ascontiguousarray(features, np.float32), v.shape[1:])
     if walk is not None:
         walked = np.asarray(walk(v, features), np.float32)
     else:
@@ -145,9 +162,10 @@ def peak_normalize(scores: np.ndarray) -> np.ndarray:
     return (scores / np.where(peak > 0, peak, 1.0)[:, None, None]).astype(np.float32)
 
 
-def upsample_scores(scores: np.ndarray) -> np.ndarray:
-    """Stride-8 scores (C, h, w) → (C, 8h, 8w) float32, bilinear (the reference's upsampling)."""
-    return resize_bilinear(scores, (scores.shape[1] * STRIDE, scores.shape[2] * STRIDE))
+def upsample_scores(scores: np.ndarray, stride: int = STRIDE) -> np.ndarray:
+    """Scores at ``stride`` (C, h, w) → (C, stride·h, stride·w) float32, bilinear (the
+    reference's upsampling, from stride 8)."""
+    return resize_bilinear(scores, (scores.shape[1] * stride, scores.shape[2] * stride))
 
 
 def scores_to_label(scores: np.ndarray, keys: Sequence[int], size: tuple[int, int]) -> np.ndarray:
@@ -271,7 +289,7 @@ class Labeler:
         with _timed(times, "walk"):
             rw = walk_scores_at_stride(cams, features, self.walk_params, self.walk)
         with _timed(times, "upsample"):
-            scores = upsample_scores(rw)
+            scores = upsample_scores(rw, self.walk_params.stride)
         if crf:
             with _timed(times, "crf"):
                 scores = crf_refine(img, scores, self.walk_params.crf_sxy)

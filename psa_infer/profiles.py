@@ -85,7 +85,9 @@ def engine_profiles(meta: Mapping, sides: Sequence[int] = DEFAULT_SIDES) -> dict
     a_lo, a_hi = window_range(_pad8(lo), _pad8(hi))
     a_opt = _opt(_pad8(opt))
     depth = meta["models"]["aff"]["outputs"][0]["shape"][1]  # fixed: load_meta checks it
-    g_lo, g_opt, g_hi = (_pad8(s) // STRIDE for s in (lo, opt, hi))
+    # The walk's grid: the features' (stride 8), or twice as fine (meta's walk_stride 4).
+    walk_stride = meta.get("walk_stride", STRIDE)
+    g_lo, g_opt, g_hi = (_pad8(s) // walk_stride for s in (lo, opt, hi))
     n = len(meta["classes"])
     return {
         "cam": {CAM_IMAGE: ((1, 3, c_lo, c_lo), (batch, 3, c_opt, c_opt), (batch, 3, c_hi, c_hi))},

@@ -501,6 +501,8 @@ class LabelConfig(_Stage):
     normalize: bool = REFERENCE_WALK.normalize
     crf: bool = False
     crf_sxy: float = REFERENCE_WALK.crf_sxy  # the dense CRF's bilateral width, pixels
+    # The walk's grid: 8 (the features' stride, the reference's) or 4 (features upsampled ×2).
+    walk_stride: int = REFERENCE_WALK.stride
     split: str = "train"
     class_threshold: float = 0.5  # for --predict-classes: sigmoid(logit) above this
     device: str = "auto"
@@ -515,6 +517,7 @@ class LabelConfig(_Stage):
             self.pairs,
             self.normalize,
             self.crf_sxy,
+            self.walk_stride,
         )
 
     section: ClassVar[str] = "label"
@@ -529,6 +532,7 @@ class LabelConfig(_Stage):
         "normalize": BOOL,
         "crf": BOOL,
         "crf_sxy": POSITIVE,
+        "walk_stride": Int(4, 8, multiple_of=4),
         "split": NAME,
         # A probability compared with ">": 1 predicts no class at all (every pixel background),
         # a tested edge case; 0 would predict every class.
