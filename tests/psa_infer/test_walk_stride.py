@@ -100,8 +100,17 @@ def test_stride4_bundle_labels_with_onnx_runtime_as_with_numpy(tiny_bundle, tmp_
     meta = json.loads((copy / "meta.json").read_text())
     meta["walk_stride"] = 4
     (copy / "meta.json").write_text(json.dumps(meta))
-    img = np.random.default_rng(1).integers(0, 256, (41, 53, 3), dtype=np.uint8)
+    rng = np.random.default_rng(1)
+    img = rng.integers(0, 256, (41, 53, 3), dtype=np.uint8)
+    cams = rng.random((1, 41, 53), dtype=np.float32)
     with open_bundle(copy, walk="numpy") as a, open_bundle(copy, walk="onnx") as b:
+        params = b.labeler.walk_params
+        assert params.stride == 4 and b.labeler.walk is not None  # rw.onnx walks
+        feats = b.labeler.features(img)  # stride 8: (D, 6, 7)
+        by_onnx = walk_scores_at_stride(cams, feats, params, b.labeler.walk)
+        by_numpy = walk_scores_at_stride(cams, feats, params)
+        assert by_onnx.shape == (2, 12, 14)  # the walk ran on the 4-px grid
+        np.testing.assert_allclose(by_onnx, by_numpy, rtol=1e-3, atol=1e-5)
         la, lb = a.labeler.label(img, [1]), b.labeler.label(img, [1])
         assert la.shape == lb.shape == (41, 53)
         assert (la == lb).mean() > 0.99
