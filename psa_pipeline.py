@@ -24,6 +24,7 @@ epochs, small crops): it runs on a CPU without downloading anything.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import time
@@ -34,6 +35,7 @@ import click
 import numpy as np
 
 from psa_infer.errors import PsaError
+from psa_infer.pipeline import Labeler
 from psa_train.config import Config, load_config, save_config, to_dict
 
 OVERVIEW_HEIGHT = 160  # pixels per row of overview.png
@@ -189,10 +191,12 @@ def run_pipeline(
 
     labeler, _ = torch_labeler(ckpt, aff_ckpt, cfg.label, cfg.make_cam)
     common = {"cam_dir": out / "cams", "num_classes": ds.num_classes, "fail_fast": True}
+    twice = WalkOnce.of(labeler)  # the same walk under both folders: walked once
     with timer.stage("label (random walk)"):
-        label_items(labeler, items, out / "labels", **common)
+        label_items(twice, items, out / "labels", **common)
     with timer.stage("label (random walk + CRF)"):
-        label_items(labeler, items, out / "labels_crf", crf=True, **common)
+        label_items(twice, items, out / "labels_crf", crf=True, **common)
+    del twice
 
     with timer.stage("export bundle"):
         from export.bundle import export_bundle
@@ -285,6 +289,40 @@ def _evaluate(ds, out: Path, split: str, cfg: Config) -> tuple[dict, list]:
         "cam_miou_best": round(best["miou"], 2),
         "cam_best_bg_threshold": best["bg_threshold"],
     }, [("CAM", at_default), ("CAM + random walk", rw)]
+
+
+@dataclasses.dataclass
+class WalkOnce(Labeler):
+    """A Labeler that hands each image's walked scores out twice and computes them once.
+
+    The pipeline labels its split with the walk and again with the walk + CRF; the second pass
+    would repeat AffinityNet's forward pass and the walk (most of a walk's labeling) only to
+    get the same scores. A call keeps its scores (keyed by the image, its CAMs and classes)
+    until a call with the same inputs takes them; at most ``keep`` are held at once, and
+    beyond that the scores are computed again, as a plain Labeler would.
+    """
+
+    keep: int = 5000
+    kept: dict = dataclasses.field(default_factory=dict, repr=False)
+
+    @classmethod
+    def of(cls, labeler: Labeler, keep: int = 5000) -> WalkOnce:
+        fields = {f.name: getattr(labeler, f.name) for f in dataclasses.fields(Labeler)}
+        return cls(**fields, keep=keep)
+
+    def walk_scores(self, img, keys, cams=None, times=None):
+        key = (_digest(img), None if cams is None else _digest(cams), tuple(keys))
+        if key in self.kept:
+            return self.kept.pop(key)
+        rw = super().walk_scores(img, keys, cams, times)
+        if len(self.kept) < self.keep:
+            self.kept[key] = rw
+        return rw
+
+
+def _digest(a: np.ndarray) -> tuple:
+    a = np.ascontiguousarray(a)
+    return a.shape, a.dtype.str, hashlib.blake2b(a.tobytes(), digest_size=16).digest()
 
 
 def _segmentation(ds, out: Path, cfg: Config, labeler, items, split, common, timer) -> dict:

@@ -268,6 +268,25 @@ class Labeler:
         keys = sorted(set(int(c) for c in classes))
         if not keys:
             return np.zeros((h, w), np.uint8)
+        rw = self.walk_scores(img, keys, cams, times)
+        with _timed(times, "upsample"):
+            scores = upsample_scores(rw, self.walk_params.stride)
+        if crf:
+            with _timed(times, "crf"):
+                scores = crf_refine(img, scores, self.walk_params.crf_sxy)
+        with _timed(times, "argmax"):
+            return scores_to_label(scores, keys, (h, w))
+
+    def walk_scores(
+        self,
+        img: np.ndarray,
+        keys: Sequence[int],
+        cams: np.ndarray | None = None,
+        times: dict[str, float] | None = None,
+    ) -> np.ndarray:
+        """The walked scores of ``[background; keys]`` on the walk's grid, (1 + K, h', w'):
+        ``label`` before the upsampling, the CRF and the argmax (same arguments; ``keys``
+        sorted, not empty)."""
         with _timed(times, "normalize"):
             x = normalize_image(img, self.mean, self.std)
         if cams is None:
@@ -287,14 +306,7 @@ class Labeler:
         with _timed(times, "features"):
             features = self.features(img, normalized=x)
         with _timed(times, "walk"):
-            rw = walk_scores_at_stride(cams, features, self.walk_params, self.walk)
-        with _timed(times, "upsample"):
-            scores = upsample_scores(rw, self.walk_params.stride)
-        if crf:
-            with _timed(times, "crf"):
-                scores = crf_refine(img, scores, self.walk_params.crf_sxy)
-        with _timed(times, "argmax"):
-            return scores_to_label(scores, keys, (h, w))
+            return walk_scores_at_stride(cams, features, self.walk_params, self.walk)
 
 
 RECORDS = "labels.jsonl"
