@@ -34,7 +34,7 @@ import numpy as np
 
 from psa_infer.cam import STRIDE, cam_prediction
 from psa_infer.metrics import confusion, scores
-from psa_infer.ops import avg_pool, pad_to_multiple
+from psa_infer.ops import avg_pool, pad_to_multiple, resize_bilinear
 from psa_infer.pipeline import (
     WalkParams,
     peak_normalize,
@@ -50,8 +50,9 @@ IGNORE = 255
 VARIANTS = ("AffinityNet", "edges cut", "insides joined", "mask affinities")
 
 
-def mask_shares(mask: np.ndarray, num_labels: int) -> np.ndarray:
-    """Each stride-8 cell's share of every label, (L, ceil(H/8), ceil(W/8)) float32.
+def mask_shares(mask: np.ndarray, num_labels: int, stride: int = STRIDE) -> np.ndarray:
+    """Each cell's share of every label on the walk's grid, (L, Hp/s, Wp/s) float32 for the
+    mask zero-padded to a multiple of 8 (as the walk's seeds, ``walk_seeds``).
 
     Ignored pixels (255) and the zero padding count for no label, so the shares of a cell
     sum to the fraction of its pixels that have one.
@@ -60,7 +61,7 @@ def mask_shares(mask: np.ndarray, num_labels: int) -> np.ndarray:
     onehot = np.zeros((num_labels, *mask.shape), np.float32)
     ys, xs = np.nonzero(known)
     onehot[mask[known].astype(np.int64), ys, xs] = 1.0
-    return avg_pool(pad_to_multiple(onehot, STRIDE, 0.0), STRIDE)
+    return avg_pool(pad_to_multiple(onehot, STRIDE, 0.0), stride)
 
 
 def mask_affinity(shares: np.ndarray, radius: int = 5, pairs: str = "full") -> np.ndarray:
@@ -99,7 +100,7 @@ def walk_labels(
     walked = random_walk(v, weights.astype(np.float32), 1.0, params.steps, params.radius)
     if params.normalize:
         walked = peak_normalize(walked)
-    return scores_to_label(upsample_scores(walked), keys, size)
+    return scores_to_label(upsample_scores(walked, params.stride), keys, size)
 
 
 def error_shares(conf: np.ndarray) -> dict[str, float]:
@@ -159,11 +160,6 @@ def headroom(
     drawn: list[list[np.ndarray]] = []
     with open_bundle(run / "bundle", walk="numpy") as bundle:
         params = walk_params(bundle.meta)
-        if params.stride != 8:  # the mask affinities below are on the features' grid
-            raise PsaError(
-                f"{run / 'bundle'}: walks at stride {params.stride}; the headroom is measured "
-                "for walks at stride 8 (label.walk_stride 8)"
-            )
         for s in tqdm(items, desc="headroom", disable=not progress):
             img = load_image(s.image)
             gt = ds.ground_truth(s)
@@ -171,12 +167,13 @@ def headroom(
             cams, keys = load_cam(run / "cams" / f"{s.id}.npz", n - 1, size)
             cam_label = cam_prediction(cams, keys, bg_threshold)
             conf["CAM"] += confusion(gt, cam_label, n)
-            v = walk_seeds(cams, params.alpha)
+            v = walk_seeds(cams, params.alpha, params.stride)
             features = bundle.labeler.features(img)
+            if params.stride != STRIDE:  # on the walk's grid, as the run's walk reads them
+                features = resize_bilinear(features, v.shape[1:])
             learned = pair_affinity(features, params.radius, params.pairs) ** params.beta
-            from_mask = (
-                mask_affinity(mask_shares(gt, n), params.radius, params.pairs) ** params.beta
-            )
+            shares = mask_shares(gt, n, params.stride)
+            from_mask = mask_affinity(shares, params.radius, params.pairs) ** params.beta
             maps = [gt, cam_label]
             for name, weights in variant_weights(learned, from_mask).items():
                 maps.append(walk_labels(v, keys, weights, params, size))

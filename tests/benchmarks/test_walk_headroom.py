@@ -18,6 +18,7 @@ from benchmarks.walk_headroom import (
     variant_weights,
     walk_labels,
 )
+from psa_infer.ops import avg_pool
 from psa_infer.pipeline import WalkParams, walk_seeds
 from psa_infer.randomwalk import pair_offsets
 
@@ -95,3 +96,18 @@ def test_a_limit_below_one_is_refused_before_any_work(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main([str(tmp_path), "--limit", "0"])
     assert "expected an integer >= 1, got 0" in capsys.readouterr().err
+
+
+def test_at_stride_4_the_shares_pool_back_and_the_masks_walk_still_fills_the_region():
+    mask = _two_regions(60, 60)
+    s4 = mask_shares(mask, 3, stride=4)
+    assert s4.shape == (3, 16, 16)  # the 64-px padded grid, as walk_seeds(..., 4)
+    np.testing.assert_allclose(avg_pool(s4, 2), mask_shares(mask, 3), atol=1e-7)
+    cams = np.zeros((1, 60, 60), np.float32)
+    cams[0, 28:36, 4:12] = 1.0
+    params = WalkParams(16.0, 16.0, 512, 5, "full", normalize=True, stride=4)
+    seeds = walk_seeds(cams, params.alpha, 4)
+    weights = mask_affinity(s4, 5) ** params.beta
+    label = walk_labels(seeds, np.array([1]), weights, params, mask.shape)
+    assert label.shape == mask.shape
+    assert (label[:, :24] == 1).mean() > 0.99 and (label[:, 36:] == 0).all()
