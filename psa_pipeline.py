@@ -310,11 +310,11 @@ class WalkOnce(Labeler):
         fields = {f.name: getattr(labeler, f.name) for f in dataclasses.fields(Labeler)}
         return cls(**fields, keep=keep)
 
-    def walk_scores(self, img, keys, cams=None, times=None):
+    def walk_scores_at_stride(self, img, keys, cams=None, times=None):
         key = (_digest(img), None if cams is None else _digest(cams), tuple(keys))
         if key in self.kept:
             return self.kept.pop(key)
-        rw = super().walk_scores(img, keys, cams, times)
+        rw = super().walk_scores_at_stride(img, keys, cams, times)
         if len(self.kept) < self.keep:
             self.kept[key] = rw
         return rw

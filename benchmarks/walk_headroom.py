@@ -7,7 +7,8 @@ read from the masks, on a finished run (``psa demo`` / ``psa pipeline`` on data 
 Every row walks the same seeds (the run's CAMs with the walk's background, its walk settings)
 and changes only the pair weights the walk moves scores along:
 
-- ``AffinityNet``: the run's walk (its bundle's aff.onnx on ONNX Runtime), ``a ** beta``.
+- ``AffinityNet``: the run's walk (its bundle's aff.onnx on ONNX Runtime), ``a ** beta``,
+  computed as the runtime computes it.
 - ``edges cut``: the same weights times the mask's (``mask_affinity``: the share of a label the
   pair's two cells have in common): a pair across an object's edge carries nothing. What the walk
   would gain if AffinityNet never let scores leak out of (or into) an object.
@@ -83,7 +84,8 @@ def mask_affinity(shares: np.ndarray, radius: int = 5, pairs: str = "full") -> n
 
 
 def variant_weights(learned: np.ndarray, from_mask: np.ndarray) -> dict[str, np.ndarray]:
-    """The walk's pair weights of each row of ``VARIANTS``, both already raised to beta."""
+    """The pair affinities of each row of ``VARIANTS``, before the walk raises them to beta
+    (a product and a maximum of the raw values are those of the powered ones)."""
     return {
         "AffinityNet": learned,
         "edges cut": learned * from_mask,
@@ -95,9 +97,10 @@ def variant_weights(learned: np.ndarray, from_mask: np.ndarray) -> dict[str, np.
 def walk_labels(
     v: np.ndarray, keys, weights: np.ndarray, params: WalkParams, size: tuple[int, int]
 ) -> np.ndarray:
-    """The label map the walk from seeds ``v`` gives with these pair weights (already raised
-    to beta)."""
-    walked = random_walk(v, weights.astype(np.float32), 1.0, params.steps, params.radius)
+    """The label map the walk from seeds ``v`` gives with these pair affinities, raised to
+    ``params.beta`` inside the walk as the runtime does (in float64: powering them here in
+    float32 first flipped argmax ties against the run's own labels at beta 24)."""
+    walked = random_walk(v, weights.astype(np.float32), params.beta, params.steps, params.radius)
     if params.normalize:
         walked = peak_normalize(walked)
     return scores_to_label(upsample_scores(walked, params.stride), keys, size)
@@ -171,9 +174,9 @@ def headroom(
             features = bundle.labeler.features(img)
             if params.stride != STRIDE:  # on the walk's grid, as the run's walk reads them
                 features = resize_bilinear(features, v.shape[1:])
-            learned = pair_affinity(features, params.radius, params.pairs) ** params.beta
+            learned = pair_affinity(features, params.radius, params.pairs)
             shares = mask_shares(gt, n, params.stride)
-            from_mask = mask_affinity(shares, params.radius, params.pairs) ** params.beta
+            from_mask = mask_affinity(shares, params.radius, params.pairs)
             maps = [gt, cam_label]
             for name, weights in variant_weights(learned, from_mask).items():
                 maps.append(walk_labels(v, keys, weights, params, size))

@@ -268,7 +268,7 @@ class Labeler:
         keys = sorted(set(int(c) for c in classes))
         if not keys:
             return np.zeros((h, w), np.uint8)
-        rw = self.walk_scores(img, keys, cams, times)
+        rw = self.walk_scores_at_stride(img, keys, cams, times)
         with _timed(times, "upsample"):
             scores = upsample_scores(rw, self.walk_params.stride)
         if crf:
@@ -277,7 +277,7 @@ class Labeler:
         with _timed(times, "argmax"):
             return scores_to_label(scores, keys, (h, w))
 
-    def walk_scores(
+    def walk_scores_at_stride(
         self,
         img: np.ndarray,
         keys: Sequence[int],
