@@ -90,7 +90,7 @@ def test_psa_bench_writes_tables_json_and_plot(tmp_path):
     assert report["machine"]["cpus"] >= 1
     assert "| side | C |" in (out / "bench.md").read_text()
     assert (out / "rw_scaling.png").stat().st_size > 10_000
-    assert "Targets (issue 5)" in r.output
+    assert "Targets (issues 5 and 13)" in r.output
 
 
 def test_psa_bench_rejects_unknown_methods(tmp_path):
