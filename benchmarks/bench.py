@@ -53,7 +53,9 @@ def targets_table(raw: dict) -> Table:
         what = f"seg.onnx ≥ {SEG_RATIO:.0f}× faster than the labeling chain ({seg['side']}²)"
         got = f"{seg['ratio']:.0f}× ({seg['seg_s']:.3f} s vs {seg['chain_s']:.2f} s)"
         rows.append([what, got, seg["ratio"] >= SEG_RATIO])
-    return Table(title="Targets (issues 5 and 13)", columns=["target", "measured", "met"], rows=rows)
+    return Table(
+        title="Targets (issues 5 and 13)", columns=["target", "measured", "met"], rows=rows
+    )
 
 
 def run_bench(
