@@ -318,18 +318,32 @@ def eval_cmd(data, cams, labels_dir, split, bg_threshold, bg_sweep, json_out):
 @click.option("--out", "-o", type=click.Path(file_okay=False), required=True)
 @click.option("--split", help="Split to process (default: aff_labels.split, 'train').")
 @click.option("--no-crf", is_flag=True, help="Skip the dense CRF (faster, less accurate).")
+@click.option(
+    "--workers",
+    type=click.IntRange(1),
+    help="Processes that run the images' CRFs side by side (default: the CPUs this process "
+    "may use; the files are the same for any number).",
+)
 @fail_fast_option
 @config_options
 @friendly
-def make_aff_labels_cmd(data, cams, out, split, no_crf, fail_fast, config_path, sets):
+def make_aff_labels_cmd(data, cams, out, split, no_crf, workers, fail_fast, config_path, sets):
     """Confident foreground/background regions from CAMs (low/high α + dense CRF)."""
     from psa_infer.datasets import open_dataset
+    from psa_infer.runs import usable_cpus
     from psa_train.make_aff_labels import make_aff_labels
 
     cfg = _config(
         config_path, sets, {"aff_labels.split": split, "aff_labels.crf": False if no_crf else None}
     )
-    stats = make_aff_labels(open_dataset(data), cams, out, cfg.aff_labels, fail_fast=fail_fast)
+    stats = make_aff_labels(
+        open_dataset(data),
+        cams,
+        out,
+        cfg.aff_labels,
+        fail_fast=fail_fast,
+        workers=workers or usable_cpus(),
+    )
     _finish(stats, "make-aff-labels")
 
 

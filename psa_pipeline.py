@@ -130,6 +130,7 @@ def run_pipeline(
     from psa_infer.datasets import open_dataset
     from psa_infer.metrics import format_table
     from psa_infer.pipeline import label_items
+    from psa_infer.runs import usable_cpus
     from psa_train.common import resolve_device
     from psa_train.label import torch_labeler
     from psa_train.make_aff_labels import make_aff_labels
@@ -178,7 +179,15 @@ def run_pipeline(
             )
 
     with timer.stage("make-aff-labels"):
-        make_aff_labels(ds, out / "cams", out / "aff_labels", cfg.aff_labels, fail_fast=True)
+        # Two CRFs per image, in one process each per CPU (the CRF holds the GIL).
+        make_aff_labels(
+            ds,
+            out / "cams",
+            out / "aff_labels",
+            cfg.aff_labels,
+            fail_fast=True,
+            workers=usable_cpus(),
+        )
 
     with timer.stage("train-aff"):
         aff_ckpt = out / "aff" / "aff.safetensors"

@@ -179,7 +179,9 @@ def walk_threads() -> int:
         if not env.isdigit() or int(env) < 1:
             raise PsaError(f"PSA_RW_THREADS: expected an integer >= 1, got {env!r}")
         return int(env)
-    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1)
+    from psa_infer.runs import usable_cpus
+
+    return usable_cpus()
 
 
 def check_walk_env() -> None:

@@ -8,6 +8,10 @@ others: it is reported on stderr as it happens and listed in ``<out>/failures.js
 CLI can exit with a status that says so. ``fail_fast`` stops at the first failure instead.
 Any other error — a bad setting, an environment variable, a bug — is not about one image and
 stops the run at once.
+
+``workers`` > 1 runs ``work`` in that many worker processes (for work that holds the GIL, as
+the dense CRF does); ``work`` must then pickle (a module-level function, or a
+``functools.partial`` of one), and the counts, failures and files are what one process makes.
 """
 
 from __future__ import annotations
@@ -16,11 +20,13 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from functools import partial
 from pathlib import Path
 
 from psa_infer.artifacts import ArtifactError
 from psa_infer.datasets import DataError, Sample
+from psa_infer.errors import PsaError
 from psa_infer.palette import atomic_path
 
 FAILURES = "failures.jsonl"
@@ -36,34 +42,43 @@ def run_items(
     fail_fast: bool = False,
     progress: bool = True,
     failures_name: str = FAILURES,
+    workers: int = 1,
 ) -> dict:
     """Run ``work`` on every sample that ``is_done`` does not report finished.
 
     Returns ``{"done", "skipped", "failed", "failures_file", "seconds", "seconds_per_image"}``;
     ``failures_file`` is the path of ``failures_name`` in ``out_dir`` when something failed,
     else None (and an older failures file from an earlier run is removed). Processes that
-    share ``out_dir`` (shards) each need a ``failures_name`` of their own.
+    share ``out_dir`` (shards) each need a ``failures_name`` of their own. ``workers``: worker
+    processes for ``work`` (1: this process; see the module's docstring).
     """
     from tqdm import tqdm
 
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise PsaError(f"workers: expected an integer >= 1, got {workers!r}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     done = skipped = 0
     failures: list[dict] = []
     t0 = time.perf_counter()
-    for s in tqdm(samples, desc=desc, disable=not progress, file=sys.stderr):
-        if is_done(s):
-            skipped += 1
-            continue
-        try:
-            work(s)
-        except (DataError, ArtifactError) as e:
-            if fail_fast:
-                raise
-            failures.append({"id": s.id, "image": str(s.image), "error": str(e)})
-            tqdm.write(f"{desc}: {s.id} failed: {e}", file=sys.stderr)
-            continue
-        done += 1
+    with tqdm(total=len(samples), desc=desc, disable=not progress, file=sys.stderr) as bar:
+        pending = []
+        for s in samples:
+            if is_done(s):
+                skipped += 1
+                bar.update()
+            else:
+                pending.append(s)
+        with _Workers(work, min(workers, len(pending))) as results:
+            for s, error in zip(pending, results(pending), strict=True):
+                bar.update()
+                if error is not None:
+                    if fail_fast:
+                        raise error
+                    failures.append({"id": s.id, "image": str(s.image), "error": str(error)})
+                    tqdm.write(f"{desc}: {s.id} failed: {error}", file=sys.stderr)
+                    continue
+                done += 1
     seconds = time.perf_counter() - t0
     return {
         "done": done,
@@ -73,6 +88,44 @@ def run_items(
         "seconds": seconds,
         "seconds_per_image": seconds / max(done, 1),
     }
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may use (its affinity mask where the OS has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
+
+
+def _guarded(work: Callable[[Sample], None], s: Sample) -> Exception | None:
+    """``work(s)``; an error about the sample's own files is returned, anything else raised."""
+    try:
+        work(s)
+    except (DataError, ArtifactError) as e:
+        return e
+    return None
+
+
+class _Workers:
+    """``with _Workers(work, n) as results``: ``results(samples)`` yields ``_guarded(work, s)``
+    for each sample in order — here when ``n`` <= 1, else from ``n`` worker processes (started
+    fresh, not forked: the caller may hold torch's thread pools), closed on leaving the block."""
+
+    def __init__(self, work: Callable[[Sample], None], n: int):
+        self.work, self.n, self.pool = work, n, None
+
+    def __enter__(self) -> Callable[[Sequence[Sample]], Iterator[Exception | None]]:
+        if self.n <= 1:
+            return lambda samples: (_guarded(self.work, s) for s in samples)
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        self.pool = ProcessPoolExecutor(self.n, mp_context=multiprocessing.get_context("spawn"))
+        return lambda samples: self.pool.map(partial(_guarded, self.work), samples)
+
+    def __exit__(self, *exc) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
 
 
 def write_failures(path: Path, failures: Sequence[dict]) -> str | None:

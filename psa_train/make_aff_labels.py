@@ -11,12 +11,13 @@ reference does. ``preview/<id>.png`` shows the resulting confident labels at ful
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
 from psa_infer.artifacts import check_keys, load_cam, save_aff_scores
-from psa_infer.datasets import DataSet, load_image, output_path
+from psa_infer.datasets import DataSet, Sample, load_image, output_path
 from psa_infer.ops import scores_with_background
 from psa_infer.palette import save_label_png
 from psa_infer.runs import run_items
@@ -52,33 +53,38 @@ def make_aff_labels(
     cfg: AffLabelsConfig,
     progress: bool = True,
     fail_fast: bool = False,
+    workers: int = 1,
 ) -> dict:
     """Write la/ha score files for ``cfg.split``; returns the counts of
-    ``psa_infer.runs.run_items`` (done, skipped, failed)."""
+    ``psa_infer.runs.run_items`` (done, skipped, failed). ``workers``: processes that run the
+    images' CRFs side by side (the files are the same for any number)."""
     cam_dir, out = Path(cam_dir), Path(out)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
-
-    def outputs(s) -> tuple[Path, Path]:
-        return output_path(out, s.id, ".npz"), output_path(out / "preview", s.id, ".png")
-
-    def work(s) -> None:
-        img = load_image(s.image)
-        cam_path = output_path(cam_dir, s.id, ".npz")
-        cam, keys = load_cam(cam_path, dataset.num_classes, img.shape[:2])
-        check_keys(cam_path, keys, s.labels)
-        la = crf_scores(img, cam, cfg.low_alpha, cfg)
-        ha = crf_scores(img, cam, cfg.high_alpha, cfg)
-        scores_path, preview_path = outputs(s)
-        save_aff_scores(scores_path, la, ha, keys)
-        save_label_png(preview_path, confident_preview(la, ha, keys))
-
     return run_items(
         dataset.split(cfg.split),
         out,
-        lambda s: all(p.exists() for p in outputs(s)),
-        work,
+        lambda s: all(p.exists() for p in _outputs(out, s)),
+        partial(_confident_regions, cam_dir=cam_dir, out=out, k=dataset.num_classes, cfg=cfg),
         desc="make-aff-labels",
         fail_fast=fail_fast,
         progress=progress,
+        workers=workers,
     )
+
+
+def _outputs(out: Path, s: Sample) -> tuple[Path, Path]:
+    return output_path(out, s.id, ".npz"), output_path(out / "preview", s.id, ".png")
+
+
+def _confident_regions(s: Sample, cam_dir: Path, out: Path, k: int, cfg: AffLabelsConfig) -> None:
+    """One image's la/ha file and preview (module level, so worker processes can run it)."""
+    img = load_image(s.image)
+    cam_path = output_path(cam_dir, s.id, ".npz")
+    cam, keys = load_cam(cam_path, k, img.shape[:2])
+    check_keys(cam_path, keys, s.labels)
+    la = crf_scores(img, cam, cfg.low_alpha, cfg)
+    ha = crf_scores(img, cam, cfg.high_alpha, cfg)
+    scores_path, preview_path = _outputs(out, s)
+    save_aff_scores(scores_path, la, ha, keys)
+    save_label_png(preview_path, confident_preview(la, ha, keys))
