@@ -106,10 +106,28 @@ def _guarded(work: Callable[[Sample], None], s: Sample) -> Exception | None:
     return None
 
 
+def _worker_start(parent: int) -> None:
+    """In each worker: Ctrl-C is the parent's to handle (it stops the run; a worker finishes
+    its image), and a worker whose parent is gone (killed) exits within a second instead of
+    waiting for work forever."""
+    import signal
+    import threading
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
 class _Workers:
     """``with _Workers(work, n) as results``: ``results(samples)`` yields ``_guarded(work, s)``
     for each sample in order — here when ``n`` <= 1, else from ``n`` worker processes (started
-    fresh, not forked: the caller may hold torch's thread pools), closed on leaving the block."""
+    fresh, not forked: the caller may hold torch's thread pools). Leaving the block closes them;
+    leaving it by an error cancels the images not started."""
 
     def __init__(self, work: Callable[[Sample], None], n: int):
         self.work, self.n, self.pool = work, n, None
@@ -120,12 +138,17 @@ class _Workers:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
-        self.pool = ProcessPoolExecutor(self.n, mp_context=multiprocessing.get_context("spawn"))
+        self.pool = ProcessPoolExecutor(
+            self.n,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_worker_start,
+            initargs=(os.getpid(),),
+        )
         return lambda samples: self.pool.map(partial(_guarded, self.work), samples)
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, error_type, *exc) -> None:
         if self.pool is not None:
-            self.pool.shutdown(wait=True, cancel_futures=True)
+            self.pool.shutdown(wait=error_type is None, cancel_futures=True)
 
 
 def write_failures(path: Path, failures: Sequence[dict]) -> str | None:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
+import time
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
@@ -14,6 +17,7 @@ import pytest
 from psa_infer.datasets import DataError, Sample
 from psa_infer.errors import PsaError
 from psa_infer.runs import FAILURES, run_items
+from tests.conftest import ROOT
 
 
 # Module level, so that worker processes can import them.
@@ -29,6 +33,11 @@ def _write_square(s: Sample, out: Path) -> None:
 
 def _write_pid(s: Sample, out: Path) -> None:
     (out / f"{s.id}.pid").write_text(str(os.getpid()))
+
+
+def _pid_then_wait(s: Sample, out: Path) -> None:
+    (out / f"{s.id}.pid").write_text(str(os.getpid()))
+    time.sleep(0.5)
 
 
 def _samples(tmp_path: Path, names: list[str]) -> list[Sample]:
@@ -76,6 +85,39 @@ def test_the_work_runs_in_worker_processes(tmp_path):
     assert {p.read_text() for p in (tmp_path / "one").glob("*.pid")} == {str(os.getpid())}
     pids = {p.read_text() for p in (tmp_path / "two").glob("*.pid")}
     assert str(os.getpid()) not in pids and 1 <= len(pids) <= 2
+
+
+def _gone(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return True
+    return state in ("Z", "X")  # exited, not yet reaped
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+def test_workers_of_a_killed_run_exit(tmp_path):
+    """A run killed outright (SIGKILL, out of memory) leaves no worker waiting for work."""
+    script = (
+        "import sys; from functools import partial; from pathlib import Path\n"
+        "from psa_infer.runs import run_items\n"
+        "from tests.psa_infer.test_runs import _pid_then_wait, _samples\n"
+        "out = Path(sys.argv[1])\n"
+        "run_items(_samples(out, ['a'] * 40), out, lambda s: False,\n"
+        "          partial(_pid_then_wait, out=out), desc='t', progress=False, workers=2)\n"
+    )
+    run = subprocess.Popen([sys.executable, "-c", script, str(tmp_path)], cwd=ROOT)
+    deadline = time.monotonic() + 60
+    while len(list(tmp_path.glob("*.pid"))) < 4 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    pids = {int(p.read_text()) for p in tmp_path.glob("*.pid")}
+    assert len(pids) == 2 and run.poll() is None
+    run.kill()
+    run.wait()
+    deadline = time.monotonic() + 10
+    while not all(_gone(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert all(_gone(pid) for pid in pids)
 
 
 def test_workers_skip_what_is_done(tmp_path):
