@@ -179,7 +179,7 @@ def run_pipeline(
             )
 
     with timer.stage("make-aff-labels"):
-        # Two CRFs per image, in one process each per CPU (the CRF holds the GIL).
+        # Its dense CRFs hold the GIL: one worker process per CPU.
         make_aff_labels(
             ds,
             out / "cams",

@@ -144,7 +144,18 @@ class _Workers:
             initializer=_worker_start,
             initargs=(os.getpid(),),
         )
-        return lambda samples: self.pool.map(partial(_guarded, self.work), samples)
+        return self._results
+
+    def _results(self, samples: Sequence[Sample]) -> Iterator[Exception | None]:
+        from concurrent.futures.process import BrokenProcessPool
+
+        try:
+            yield from self.pool.map(partial(_guarded, self.work), samples)
+        except BrokenProcessPool:
+            raise PsaError(
+                f"a worker process died (killed, or out of memory: {self.n} workers hold "
+                f"{self.n} images at once); run again with fewer workers"
+            ) from None
 
     def __exit__(self, error_type, *exc) -> None:
         if self.pool is not None:

@@ -69,7 +69,7 @@ def make_aff_labels(
         desc="make-aff-labels",
         fail_fast=fail_fast,
         progress=progress,
-        workers=workers,
+        workers=workers if cfg.crf else 1,  # without the CRF there is little to share
     )
 
 

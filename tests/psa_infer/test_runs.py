@@ -27,6 +27,8 @@ def _write_square(s: Sample, out: Path) -> None:
         raise DataError(f"{s.image}: not a readable image")
     if s.image.name == "bug":
         raise RuntimeError("a bug, not a bad image")
+    if s.image.name == "die":
+        os._exit(1)  # as a worker killed for memory
     n = int(s.id.split("_")[1])
     np.save(out / f"{s.id}.npy", np.arange(n * n).reshape(n, n))
 
@@ -138,6 +140,12 @@ def test_fail_fast_in_workers_raises_the_images_error(tmp_path):
 def test_a_bug_in_a_worker_stops_the_run(tmp_path):
     samples = _samples(tmp_path, ["a", "bug", "c", "d"])
     with pytest.raises(RuntimeError, match="a bug"):
+        _run(tmp_path, samples, "out", 2)
+
+
+def test_a_worker_that_dies_is_one_clear_error(tmp_path):
+    samples = _samples(tmp_path, ["a", "die", "c", "d"])
+    with pytest.raises(PsaError, match="a worker process died .* run again with fewer workers"):
         _run(tmp_path, samples, "out", 2)
 
 
