@@ -377,6 +377,11 @@ class TrainAffConfig(_Stage):
     color_jitter: tuple[float, float, float, float] = (0.3, 0.3, 0.3, 0.1)
     radius: int = REFERENCE_WALK.radius  # AffinityNet learns the pairs the walk will use
     pairs: str = "psa"  # "psa" = the reference's pair set (SPEC §3.1); "full" = every pair
+    # The grid the pairs are taken on, in pixels: 8 = the features' own (the reference); 4 =
+    # the features upsampled ×2 (bilinear) as the walk at label.walk_stride 4 reads them, with
+    # the confident labels pooled 4×4, so that AffinityNet learns the pairs that walk uses
+    # (radius in cells of this grid).
+    pair_stride: int = 8
     # Train only the affinity head on a frozen backbone (as IRN trains its boundary branch);
     # the reference fine-tunes the whole backbone (false).
     freeze_backbone: bool = False
@@ -402,6 +407,7 @@ class TrainAffConfig(_Stage):
         "crop": Int(STRIDE, multiple_of=STRIDE),
         "radius": RADIUS,
         "pairs": PAIRS,
+        "pair_stride": Int(4, 8, multiple_of=4),
         "freeze_backbone": BOOL,
         "widths": Maybe(Each(Int(1))),
         "holdout": HOLDOUT,
@@ -414,11 +420,11 @@ class TrainAffConfig(_Stage):
         # loss is 0. "full" needs two cells side by side; "psa" starts pairs only in columns
         # r-1 … g-r of a g-cell grid (SPEC §3.1), which needs g >= 2r - 1.
         cells = 2 if self.pairs == "full" else 2 * self.radius - 1
-        if self.crop < cells * STRIDE:
+        if self.crop < cells * self.pair_stride:
             raise ConfigError(
                 f"train_aff.crop, train_aff.radius: a {self.crop}-px crop holds no pairs of "
-                f"radius {self.radius} (train_aff.pairs: {self.pairs}); expected a crop >= "
-                f"{cells * STRIDE}"
+                f"radius {self.radius} (train_aff.pairs: {self.pairs}, pair_stride: "
+                f"{self.pair_stride}); expected a crop >= {cells * self.pair_stride}"
             )
 
 

@@ -11,7 +11,6 @@ import torch
 from torch.utils.data import Dataset
 
 from psa_infer.artifacts import load_aff_scores
-from psa_infer.cam import STRIDE
 from psa_infer.datasets import DataError, Sample, load_image, output_path
 from psa_infer.errors import PsaError
 from psa_train import transforms as T
@@ -58,14 +57,15 @@ class ClsDataset(Dataset):
 
 
 class AffDataset(Dataset):
-    """Images with pair labels at stride 8 for the crop, augmented as the reference (SPEC §3–4).
+    """Images with pair labels for the crop, augmented as the reference (SPEC §3–4).
 
     The image is colour-jittered (its la/ha score maps are not), both are cropped together into
     a zero container *before* normalising (so padded image pixels are black and padded scores
-    0, as the reference) and flipped; then the scores are pooled to stride 8 and turned into
-    confident labels and pair labels (bg_pos, fg_pos, neg). Randomness comes from
-    (seed, epoch, index), as in `ClsDataset`. ``train=False`` (held-out scoring): no jitter and
-    no flip, and the centred crop, so every epoch sees the same pairs.
+    0, as the reference) and flipped; then the scores are pooled to ``cfg.pair_stride`` (8 as
+    the reference, or 4) and turned into confident labels and pair labels (bg_pos, fg_pos,
+    neg). Randomness comes from (seed, epoch, index), as in `ClsDataset`. ``train=False``
+    (held-out scoring): no jitter and no flip, and the centred crop, so every epoch sees the
+    same pairs.
     """
 
     def __init__(
@@ -105,7 +105,7 @@ class AffDataset(Dataset):
             img, maps = T.random_crop(img, cfg.crop, None, maps)
         x = T.normalize(np.ascontiguousarray(img), self.mean, self.std)
         k = la.shape[0]
-        label = confident_labels(maps[:k], maps[k:], stride=STRIDE)
+        label = confident_labels(maps[:k], maps[k:], stride=cfg.pair_stride)
         bg_pos, fg_pos, neg = pair_labels(label, radius=cfg.radius, pairs=cfg.pairs)
         return (
             torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1))),

@@ -18,8 +18,10 @@ import math
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
+from psa_infer.cam import STRIDE
 from psa_infer.datasets import DataError, DataSet, check_images
 from psa_infer.errors import PsaError
 from psa_train.checkpoint import load_checkpoint, load_state_strict
@@ -98,7 +100,9 @@ def train_aff(
         if cfg.freeze_backbone:
             model.backbone.eval()  # frozen means its BN statistics too
         x, bg_pos, fg_pos, neg = batch
-        aff = pair_affinity_torch(model(x), radius=cfg.radius, pairs=cfg.pairs)
+        aff = pair_affinity_torch(
+            on_pair_grid(model(x), cfg.pair_stride), radius=cfg.radius, pairs=cfg.pairs
+        )
         loss, parts = affinity_loss(aff, bg_pos, fg_pos, neg)
         return loss, {k: float(v) for k, v in parts.items()}
 
@@ -111,6 +115,17 @@ def train_aff(
         report = verdict(out, path)
         write_verdict(out, report, progress or report["verdict"] == "no better than a constant")
     return path
+
+
+def on_pair_grid(features: torch.Tensor, pair_stride: int) -> torch.Tensor:
+    """AffinityNet's stride-8 features (B, D, h, w) on the grid of ``train_aff.pair_stride``:
+    as they are at 8; upsampled bilinearly to (8 / pair_stride)·(h, w) otherwise, as the walk
+    at that stride upsamples them (``psa_infer.ops.resize_bilinear``)."""
+    if pair_stride == STRIDE:
+        return features
+    f = STRIDE // pair_stride
+    size = (features.shape[2] * f, features.shape[3] * f)
+    return F.interpolate(features, size=size, mode="bilinear", align_corners=False)
 
 
 MIN_HELDOUT = 8  # as train-cam's: fewer images say nothing either way
@@ -131,7 +146,8 @@ def heldout_affinity(model, loader, cfg: TrainAffConfig, device) -> dict:
     right = dict.fromkeys(PAIR_KINDS, 0.0)
     count = dict.fromkeys(PAIR_KINDS, 0.0)
     for x, *labels in loader:
-        aff = pair_affinity_torch(model(x.to(device)), radius=cfg.radius, pairs=cfg.pairs)
+        features = on_pair_grid(model(x.to(device)), cfg.pair_stride)
+        aff = pair_affinity_torch(features, radius=cfg.radius, pairs=cfg.pairs)
         aff = aff.double()
         for kind, lab in zip(PAIR_KINDS, labels, strict=True):
             lab = lab.to(device).double()

@@ -131,3 +131,58 @@ def test_a_constant_affinity_net_scores_below_the_constant(tmp_path):
     row = heldout_affinity(Flat(), torch.utils.data.DataLoader(items, batch_size=4), cfg, "cpu")
     assert row["heldout_bg_right"] == row["heldout_fg_right"] == 1.0
     assert row["heldout_neg_right"] == 0.0 and row["heldout_aff_gain"] < -1
+
+
+def test_pairs_on_the_walks_4px_grid(tmp_path):
+    """train_aff.pair_stride 4: the confident labels pooled 4×4 and AffinityNet's features
+    upsampled ×2 exactly as the walk at stride 4 upsamples them; a run learns and says so."""
+    from psa_infer.ops import resize_bilinear
+    from psa_train.afflabels import confident_labels, pair_labels
+    from psa_train.train_aff import on_pair_grid
+
+    f = torch.from_numpy(np.random.default_rng(0).random((2, 5, 6, 7), dtype=np.float32))
+    assert on_pair_grid(f, 8) is f
+    up = on_pair_grid(f, 4).numpy()
+    assert up.shape == (2, 5, 12, 14)
+    np.testing.assert_allclose(up[1], resize_bilinear(f[1].numpy(), (12, 14)), atol=1e-6)
+
+    root = tmp_path / "data"
+    write_voc(root, n=12, size=(40, 56))
+    ds = open_dataset(root)
+    _write_scores(root, tmp_path / "affl", ds.split("train"), shuffle=False)
+    s8, s4 = (load_config(sets=[*TINY, f"train_aff.pair_stride={k}"]).train_aff for k in (8, 4))
+    args = (ds.split("train"), tmp_path / "affl", (0.5,) * 3, (0.2,) * 3, False)
+    x8, *labels8 = AffDataset(args[0], args[1], s8, *args[2:])[0]
+    x4, *labels4 = AffDataset(args[0], args[1], s4, *args[2:])[0]
+    assert torch.equal(x8, x4) and labels8[0].shape == (len(labels8[0]), 6, 6)
+    assert labels4[0].shape == (len(labels8[0]), 12, 12)  # radius 2 cells of 4 px: same offsets
+    # the labels are those of the 4-px confident map of the same crop
+    from psa_infer.artifacts import load_aff_scores
+
+    la, ha, _ = load_aff_scores(tmp_path / "affl" / f"{ds.split('train')[0].id}.npz")
+    pad = np.zeros((la.shape[0], 48, 48), np.float32)
+    pad[:, 4:44, :] = la[:, :, 4:52]  # the centred 48-px crop of a 40×56 image
+    want = pair_labels(confident_labels(pad, pad, stride=4), radius=2, pairs="full")
+    for got, w in zip(labels4, want, strict=True):
+        np.testing.assert_array_equal(got.numpy(), w)
+
+    cfg = load_config(sets=[*TINY, "train_aff.epochs=3", "train_aff.pair_stride=4"]).train_aff
+    ds120 = tmp_path / "d120"
+    write_voc(ds120, n=120, size=(40, 48))
+    big = open_dataset(ds120)
+    _write_scores(ds120, tmp_path / "affl120", big.split("train"), shuffle=False)
+    train_aff(big, tmp_path / "affl120", tmp_path / "aff", cfg, progress=False)
+    report = json.loads((tmp_path / "aff" / "heldout.json").read_text())
+    assert report["verdict"] == "learned" and report["gain"] > 0.2
+    assert report["row"]["heldout_bg_pairs"] > 0
+
+
+def test_pair_stride_is_4_or_8_and_the_crop_must_hold_pairs_on_its_grid():
+    from psa_train.config import ConfigError
+
+    with pytest.raises(ConfigError, match="pair_stride"):
+        load_config(sets=[*TINY, "train_aff.pair_stride=6"])
+    # 8 px holds two 4-px cells side by side (full pairs), not two 8-px ones
+    load_config(sets=[*TINY, "train_aff.crop=8", "train_aff.pair_stride=4"])
+    with pytest.raises(ConfigError, match="pair_stride: 8"):
+        load_config(sets=[*TINY, "train_aff.crop=8"])
