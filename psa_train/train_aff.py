@@ -1,8 +1,9 @@
 """Stage: train AffinityNet (SPEC §4) — ``psa train-aff``.
 
 Items come from `psa_train.data.AffDataset` (an image, its la/ha maps from make-aff-labels,
-augmented together, turned into pair labels bg_pos, fg_pos, neg at stride 8). The loss is
-``L_bg/4 + L_fg/4 + L_neg/2`` over the predicted pair affinities.
+augmented together, turned into pair labels bg_pos, fg_pos, neg at ``train_aff.pair_stride``:
+8, the features' own grid, or 4, where the features are upsampled ×2 as the walk at stride 4
+reads them). The loss is ``L_bg/4 + L_fg/4 + L_neg/2`` over the predicted pair affinities.
 
 ``cfg.holdout`` of the training images (train-cam's, by the same hash) are held out: each
 epoch the loss on their confident pairs is set beside the best constant affinity's, the run
